@@ -1,0 +1,57 @@
+"""The model variants, each its parent plus a difference (the authors' lineage and names)."""
+from src.config.schema import (BackboneConfig, DataConfig, LossConfig, ModelConfig, TrainConfig,
+                               YolactConfig, replace)
+
+RESNET101 = BackboneConfig(layers=(3, 4, 23, 3))
+RESNET50 = BackboneConfig(layers=(3, 4, 6, 3))
+
+yolact_base = YolactConfig(
+    name="yolact_base",
+    model=ModelConfig(backbone=RESNET101),
+    data=DataConfig(max_size=550),
+    loss=LossConfig(),
+    train=TrainConfig(),
+)
+
+yolact_resnet50 = replace(yolact_base, name="yolact_resnet50", **{"model.backbone": RESNET50})
+
+
+def _rescaled_v1_scales(max_size):
+    """YOLACT v1 at another input size: the authors truncate scale * max_size / 550 to int."""
+    return tuple((int(scales[0] / yolact_base.max_size * max_size),)
+                 for scales in yolact_base.model.pred_scales)
+
+
+yolact_im400 = replace(yolact_base, name="yolact_im400",
+                       **{"data.max_size": 400, "model.pred_scales": _rescaled_v1_scales(400)})
+
+yolact_im700 = replace(yolact_base, name="yolact_im700",
+                       **{"data.max_size": 700, "model.pred_scales": _rescaled_v1_scales(700),
+                          "loss.masks_to_train": 300})
+
+yolact_plus_base = replace(
+    yolact_base, name="yolact_plus_base",
+    **{"model.backbone": replace(RESNET101, dcn_layers=(0, 4, 23, 3), dcn_interval=3),
+       "model.pred_scales": tuple(tuple(base * 2 ** (j / 3.0) for j in range(3))
+                                  for base in (24, 48, 96, 192, 384)),
+       "model.use_square_anchors": False,
+       "model.use_maskiou": True})
+
+yolact_plus_resnet50 = replace(
+    yolact_plus_base, name="yolact_plus_resnet50",
+    **{"model.backbone": replace(RESNET50, dcn_layers=(0, 4, 6, 3), dcn_interval=1)})
+
+VARIANTS = {config.name: config for config in (
+    yolact_base, yolact_resnet50, yolact_im400, yolact_im700, yolact_plus_base,
+    yolact_plus_resnet50)}
+
+
+def for_dataset(config, class_names, max_size=None, name=None):
+    """Derive a variant for a custom dataset: its foreground class names (which fix
+    ``num_classes``) and optionally another input size. Prior scales are kept in pixels,
+    as the authors do for custom datasets."""
+    changes = {"data.class_names": tuple(class_names),
+               "name": name or f"{config.name}_custom"}
+    if max_size is not None:
+        changes["data.max_size"] = int(max_size)
+    return replace(config, **changes)

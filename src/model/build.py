@@ -1,0 +1,51 @@
+"""``build_model(config)``: the one place where the config meets the constructors."""
+from src.box.priors import feature_map_sizes, make_priors
+from src.model.fpn import FPN
+from src.model.maskiou_net import MaskIoUNet
+from src.model.prediction_head import PredictionHead
+from src.model.protonet import ProtoNet
+from src.model.resnet import ResNet
+from src.model.semantic_head import SemanticHead
+from src.model.yolact import Yolact
+
+
+def prior_boxes(config):
+    """[P, 4] float32 (cx, cy, w, h) priors of ``config`` at its input size."""
+    model = config.model
+    return make_priors(config.max_size, model.pred_scales, model.pred_aspect_ratios,
+                       square_anchors=model.use_square_anchors)
+
+
+def build_model(config, freeze_bn=False):
+    """Build the network of a variant.
+
+    Args:
+        config: a ``YolactConfig``.
+        freeze_bn: BatchNorm uses its running statistics and gamma/beta are not trained
+            (the authors do this when the per-device batch is below 6).
+    """
+    model = config.model
+    backbone_cfg = model.backbone
+    backbone = ResNet(layers=backbone_cfg.layers, base_width=backbone_cfg.base_width,
+                      dcn_layers=backbone_cfg.dcn_layers, dcn_interval=backbone_cfg.dcn_interval,
+                      dcn_impl=backbone_cfg.dcn_impl, freeze_bn=freeze_bn)
+    expansion = 4
+    stage_channels = tuple(backbone_cfg.base_width * 2 ** stage * expansion for stage in (1, 2, 3))
+    num_levels = len(model.pred_scales)
+    fpn = FPN(stage_channels, channels=model.fpn_channels, num_downsample=num_levels - 3)
+    fg_classes = config.num_classes - 1
+    maskiou_net = (MaskIoUNet(fg_classes, model.maskiou_channels) if model.use_maskiou else None)
+    return Yolact(
+        backbone=backbone,
+        fpn=fpn,
+        proto_net=ProtoNet(model.fpn_channels, model.proto_channels, model.num_prototypes),
+        prediction_head=PredictionHead(model.fpn_channels, model.num_anchors, config.num_classes,
+                                       model.num_prototypes),
+        semantic_head=SemanticHead(model.fpn_channels, fg_classes),
+        maskiou_net=maskiou_net,
+        priors=prior_boxes(config))
+
+
+def prototype_size(config):
+    """Side of the prototype grid (138 at 550): twice the P3 size."""
+    return 2 * feature_map_sizes(config.max_size)[0]
