@@ -1,0 +1,55 @@
+"""Learning-rate schedule: linear warmup, then step decay (the authors' train.py)."""
+import dataclasses
+
+import numpy as np
+
+AUTHORS_BATCH_SIZE = 8
+
+
+def scale_for_batch_size(train_config, batch_size):
+    """The authors' ``--autoscale``: for a total batch other than 8, scale the lr by bs/8 and
+    divide ``max_iter`` and ``lr_steps`` by bs/8 (floored); the warmup is not scaled.
+
+    Args:
+        train_config: a ``TrainConfig`` stated for batch 8.
+        batch_size: the total batch over all devices.
+
+    Returns:
+        a ``TrainConfig`` with ``batch_size``, ``lr``, ``max_iter`` and ``lr_steps`` replaced.
+    """
+    factor = batch_size / AUTHORS_BATCH_SIZE
+    if factor == 1:
+        return dataclasses.replace(train_config, batch_size=batch_size)
+    return dataclasses.replace(
+        train_config, batch_size=batch_size, lr=train_config.lr * factor,
+        max_iter=int(train_config.max_iter // factor),
+        lr_steps=tuple(int(step // factor) for step in train_config.lr_steps))
+
+
+def learning_rate_at(iteration, train_config):
+    """The lr used by the update of 0-based ``iteration``, as the authors' loop sets it.
+
+    Each iteration their loop first sets the warmup value
+    ``(lr - warmup_init) * it / warmup_iters + warmup_init`` while ``it <= warmup_iters``,
+    then, at the first iteration ``>= step`` of each lr step, ``lr * gamma ** steps_passed``;
+    the value persists until the next set. So after the warmup the lr is
+    ``lr * gamma ** steps_passed`` when the latest step came at or after the warmup's end,
+    and plain ``lr`` when every step so far fell inside the warmup (only tiny schedules
+    have that).
+    """
+    cfg = train_config
+    passed = [step for step in cfg.lr_steps if step <= iteration]
+    decayed = cfg.lr * cfg.lr_gamma ** len(passed)
+    if cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters:
+        if iteration in cfg.lr_steps:
+            return decayed
+        return (cfg.lr - cfg.warmup_init_lr) * iteration / cfg.warmup_iters + cfg.warmup_init_lr
+    if passed and (cfg.warmup_iters <= 0 or max(passed) >= cfg.warmup_iters):
+        return decayed
+    return cfg.lr
+
+
+def learning_rates(train_config):
+    """[max_iter] float32 per-iteration learning rates (the optimizer indexes it by step)."""
+    return np.array([learning_rate_at(it, train_config) for it in range(train_config.max_iter)],
+                    dtype=np.float32)

@@ -1,0 +1,50 @@
+"""The lr schedule against a replay of the authors' training loop, and batch-size scaling."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from src.config.schema import TrainConfig
+from src.train.lr_schedule import learning_rate_at, learning_rates, scale_for_batch_size
+
+
+def _authors_loop(cfg, num_iters):
+    """The authors' per-iteration lr updates (train.py), replayed step by step."""
+    lr, step_index, history = cfg.lr, 0, []  # the optimizer is created with lr
+    for iteration in range(num_iters):
+        if cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters:
+            lr = (cfg.lr - cfg.warmup_init_lr) * (iteration / cfg.warmup_iters) + cfg.warmup_init_lr
+        while step_index < len(cfg.lr_steps) and iteration >= cfg.lr_steps[step_index]:
+            step_index += 1
+            lr = cfg.lr * cfg.lr_gamma ** step_index
+        history.append(lr)
+    return np.array(history)
+
+
+def test_default_schedule_values():
+    cfg = TrainConfig()
+    assert learning_rate_at(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate_at(250, cfg) == pytest.approx(5.5e-4)
+    assert learning_rate_at(500, cfg) == pytest.approx(1e-3)
+    assert learning_rate_at(279_999, cfg) == pytest.approx(1e-3)
+    assert learning_rate_at(280_000, cfg) == pytest.approx(1e-4)
+    assert learning_rate_at(700_000, cfg) == pytest.approx(1e-6)
+    assert learning_rate_at(799_999, cfg) == pytest.approx(1e-7)
+
+
+@pytest.mark.parametrize("steps, warmup", [((30, 60), 10), ((5, 8, 40), 10), ((10, 12), 10),
+                                           ((3,), 0), ((), 10)])
+def test_matches_authors_loop(steps, warmup):
+    cfg = TrainConfig(lr_steps=steps, warmup_iters=warmup, max_iter=80)
+    np.testing.assert_allclose(learning_rates(cfg), _authors_loop(cfg, 80), rtol=1e-6)
+
+
+def test_batch_size_scaling():
+    scaled = scale_for_batch_size(TrainConfig(), 2)
+    assert scaled.lr == pytest.approx(2.5e-4)
+    assert scaled.max_iter == 3_200_000
+    assert scaled.lr_steps == (1_120_000, 2_400_000, 2_800_000, 3_000_000)
+    assert scaled.warmup_iters == 500 and scaled.warmup_init_lr == 1e-4
+    odd = scale_for_batch_size(dataclasses.replace(TrainConfig(), max_iter=1001, lr_steps=(501,)), 16)
+    assert (odd.max_iter, odd.lr_steps, odd.lr) == (500, (250,), pytest.approx(2e-3))
+    assert scale_for_batch_size(TrainConfig(), 8) == TrainConfig()
