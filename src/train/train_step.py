@@ -1,0 +1,51 @@
+"""One jitted training step: forward, loss scaling, gradient reduction, finite check, update."""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def build_loss_scaler(kind="dynamic", init_scale=2.0 ** 10, factor=2, window=1000):
+    """``"dynamic"``: ``mindspore.amp.DynamicLossScaler`` (its scale and counter are
+    Parameters, saved with the checkpoint); ``"static"``: a fixed ``init_scale``; ``"none"``."""
+    if kind == "dynamic":
+        return ms.amp.DynamicLossScaler(init_scale, factor, window)
+    if kind == "static":
+        return ms.amp.StaticLossScaler(init_scale)
+    if kind == "none":
+        return ms.amp.StaticLossScaler(1.0)
+    raise ValueError(f"loss scaler '{kind}': expected dynamic, static or none")
+
+
+def build_grad_reducer(params, distributed, group_size=1):
+    """Mean of the gradients over devices in data-parallel training; identity on one device."""
+    if not distributed:
+        return ops.identity
+    return nn.DistributedGradReducer(params, mean=True, degree=group_size)
+
+
+def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
+    """Return ``step(images, *targets) -> (total, terms, finite, scale)``.
+
+    ``model`` maps images to the raw training outputs, ``loss_fn`` maps (outputs..., targets...)
+    to ``(total, terms)``. The loss is scaled before differentiation and the gradients are
+    reduced over devices, unscaled and checked: when any gradient or the loss is not finite
+    the update is skipped (the authors skip such steps) and a dynamic scaler lowers its scale.
+    Each device normalises its own loss; the reducer averages the gradients.
+    """
+    def forward(images, *targets):
+        outputs = model(images)
+        total, terms = loss_fn(*outputs, *targets)
+        return loss_scaler.scale(total), (total, terms)
+
+    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+    @ms.jit
+    def step(images, *targets):
+        (_, (total, terms)), grads = grad_fn(images, *targets)
+        grads = loss_scaler.unscale(grad_reducer(grads))
+        finite = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(total))
+        if finite:
+            total = ops.depend(total, optimizer(grads))
+        loss_scaler.adjust(finite)
+        return total, terms, finite, loss_scaler.scale_value
+
+    return step
