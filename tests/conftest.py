@@ -33,3 +33,19 @@ def load_authors_fixture():
         pytest.skip(f"authors' fixture not found at {path}")
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def tiny_config(name="yolact_plus_resnet50", max_size=256, num_classes=4, **changes):
+    """A small variant of ``name`` for fast tests: one bottleneck per stage, narrow layers,
+    ``num_classes - 1`` foreground classes. Same code paths (DCN, maskiou net) as the full
+    model. 256 is the smallest common size at which the maskiou net's five stride-2 convs
+    still fit the 64x64 prototype grid."""
+    from src.config.variants import VARIANTS, for_dataset
+    from src.config.schema import replace
+
+    base = for_dataset(VARIANTS[name], [f"class{i}" for i in range(num_classes - 1)],
+                       max_size=max_size, name=f"{name}_tiny")
+    small = {"model.backbone.layers": (1, 1, 1, 1), "model.backbone.base_width": 8,
+             "model.fpn_channels": 16, "model.proto_channels": 16, "model.num_prototypes": 8}
+    small.update(changes)
+    return replace(base, **small)

@@ -1,0 +1,148 @@
+"""Inference: the graph from images to fixed-size detections, and the ``Detector`` API.
+
+``InferenceNet`` is what ``export.py`` exports and ``eval.py`` runs: network, Fast NMS,
+mask assembly and (YOLACT++) mask re-scoring, all with static shapes. ``Detector`` wraps it
+for one BGR image at a time and does the host-side end: masks resized to the original image
+and binarised, boxes turned into integer pixels.
+"""
+import numpy as np
+from mindspore import Tensor, nn
+
+from src.config.load import load_config
+from src.data.transforms import eval_transform
+from src.model.build import build_model
+from src.postprocess.detect import Detect
+from src.postprocess.masks import (MaskRescoring, assemble_masks_tensor, boxes_to_image,
+                                   masks_to_image)
+from src.train.context import init_context
+from src.utils.checkpoint import load_weights
+
+
+class InferenceNet(nn.Cell):
+    """Images -> at most D detections per image, with soft masks on the prototype grid.
+
+    Args:
+        model: a ``Yolact`` (set to eval mode by the caller).
+        detect: a ``Detect`` cell.
+
+    Inputs:
+        images: [B, 3, S, S] float32, normalised RGB.
+
+    Returns:
+        boxes [B, D, 4] float32 (x1, y1, x2, y2) relative, unclamped; classes [B, D] int32
+        0-based; box_scores [B, D]; mask_scores [B, D] (YOLACT++: box score x predicted mask
+        IoU, else = box_scores); masks [B, D, S/4, S/4] float32 soft, cropped; valid [B, D] bool.
+    """
+
+    def __init__(self, model, detect):
+        super().__init__()
+        self.model = model
+        self.detect = detect
+        self.rescoring = None if model.maskiou_net is None else MaskRescoring(model.maskiou_net)
+
+    def construct(self, images):
+        loc, conf, coeff, proto, priors = self.model(images)
+        boxes, classes, scores, coeffs, valid = self.detect(loc, conf, coeff, priors)
+        masks = assemble_masks_tensor(proto, coeffs, boxes)
+        if self.rescoring is None:
+            mask_scores = scores
+        else:
+            mask_scores = self.rescoring(masks, classes, scores) * valid.astype(scores.dtype)
+        return boxes, classes, scores, mask_scores, masks, valid
+
+
+def build_inference_net(config, model):
+    """``InferenceNet`` with the config's post-processing settings, in eval mode."""
+    ev = config.eval
+    net = InferenceNet(model, Detect(config.num_classes, score_threshold=ev.score_threshold,
+                                     nms_threshold=ev.nms_threshold, top_k=ev.top_k,
+                                     max_detections=ev.max_detections))
+    net.set_train(False)
+    return net
+
+
+def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
+    """One image's slice of ``InferenceNet`` outputs (numpy) -> the ``Detector`` result dict.
+
+    Args:
+        outputs: tuple of numpy arrays as ``InferenceNet`` returns them.
+        index: the image's position in the batch.
+        height, width: its original size in pixels.
+
+    Returns:
+        dict of ``boxes [N,4] int64`` (original pixels), ``classes [N]``, ``box_scores [N]``,
+        ``mask_scores [N]``, ``masks [N,height,width] bool``, sorted by box score.
+    """
+    boxes, classes, box_scores, mask_scores, masks, valid = (o[index] for o in outputs)
+    keep = np.flatnonzero(valid)
+    return {
+        "boxes": boxes_to_image(boxes[keep], width, height),
+        "classes": classes[keep].astype(np.int64),
+        "box_scores": box_scores[keep].astype(np.float32),
+        "mask_scores": mask_scores[keep].astype(np.float32),
+        "masks": masks_to_image(masks[keep], height, width, mask_threshold),
+    }
+
+
+class Detector:
+    """Instance segmentation of single images with a trained or converted checkpoint.
+
+    Example::
+
+        det = Detector(config="yolact_plus_resnet50", ckpt="x.ckpt", device_target="CPU")
+        result = det(cv2.imread("dog.jpg"))      # dict of numpy arrays, see ``__call__``
+
+    Args:
+        config: a variant name, a YAML path, or a ``YolactConfig``.
+        ckpt: checkpoint of that config (trained here or made by ``src.convert_weights``).
+        device_target: "CPU", "GPU" or "Ascend".
+        overrides: ``section.field=value`` strings applied to a named config.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or belongs to another config.
+    """
+
+    def __init__(self, config="yolact_plus_resnet50", ckpt=None, device_target="CPU",
+                 overrides=()):
+        self.config = load_config(config, overrides) if isinstance(config, str) else config
+        init_context(device_target)
+        self.model = build_model(self.config)
+        if ckpt is not None:
+            load_weights(self.model, ckpt)
+        self.model.set_train(False)
+        self.net = build_inference_net(self.config, self.model)
+
+    def preprocess(self, image_bgr):
+        """[H, W, 3] uint8 BGR -> [1, 3, S, S] float32 normalised RGB (the authors' eval path)."""
+        image = np.asarray(image_bgr)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image.shape}")
+        return eval_transform(image, self.config.max_size)[None]
+
+    def __call__(self, image_bgr):
+        """Detect instances in one image.
+
+        Args:
+            image_bgr: [H, W, 3] uint8 BGR (as ``cv2.imread`` returns), any size.
+
+        Returns:
+            dict sorted by box score: ``boxes [N,4]`` int64 (x1, y1, x2, y2) original pixels,
+            ``classes [N]`` 0-based (no background), ``box_scores [N]``, ``mask_scores [N]``
+            (YOLACT++: box score x mask IoU; YOLACT: = box score), ``masks [N,H,W]`` bool.
+        """
+        height, width = image_bgr.shape[:2]
+        outputs = tuple(o.asnumpy() for o in self.net(Tensor(self.preprocess(image_bgr))))
+        return detections_to_image(outputs, 0, height, width, self.config.eval.mask_threshold)
+
+    def raw(self, batch_nchw):
+        """Network outputs for an already normalised RGB batch [B, 3, S, S] float32.
+
+        Returns:
+            numpy ``(loc [B,P,4], conf [B,P,C] softmax, coeff [B,P,K], proto [B,S/4,S/4,K])``.
+        """
+        batch = np.ascontiguousarray(batch_nchw, dtype=np.float32)
+        size = self.config.max_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
+            raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got shape {batch.shape}")
+        loc, conf, coeff, proto, _ = self.model(Tensor(batch))
+        return loc.asnumpy(), conf.asnumpy(), coeff.asnumpy(), proto.asnumpy()
