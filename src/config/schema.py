@@ -55,8 +55,6 @@ class DataConfig:
     """Dataset and input pipeline."""
     class_names: Tuple[str, ...] = COCO_CLASSES  # foreground classes; label i = class_names[i]
     max_size: int = 550                         # images are resized to max_size x max_size
-    mean_bgr: Tuple[float, float, float] = (103.94, 116.78, 123.68)
-    std_bgr: Tuple[float, float, float] = (57.38, 57.12, 58.40)
     max_num_gt: int = 100                       # G, padded ground-truth slots per image
     num_parallel_workers: int = 4               # data pipeline worker processes/threads
 
