@@ -83,3 +83,39 @@ def resume_training(path, model, optimizer, loss_scaler):
     for name, param in expected.items():
         param.set_data(ms.Tensor(params[name].asnumpy()))
     return int(params[_ITERATION_KEY].asnumpy())
+
+
+def load_backbone_weights(model, path):
+    """Initialise ``model.backbone`` from an ImageNet checkpoint made by
+    ``python -m src.convert_weights --backbone``.
+
+    Every backbone parameter must be in the file with its shape, except the DCN-only ones
+    (``conv2.bias`` and the offset/mask conv of DCN blocks), which keep their zero init so
+    that each DCN block starts as the pretrained 3x3 conv.
+
+    Returns:
+        the number of parameters loaded.
+    """
+    params = read_checkpoint(path)
+    foreign = [name for name in params if not name.startswith("backbone.")]
+    if foreign:
+        raise CheckpointError(f"{path}: not a backbone checkpoint ({len(foreign)} entries outside "
+                              f"backbone., e.g. {foreign[0]}); make one with "
+                              "'python -m src.convert_weights --backbone'")
+    own = {name: param for name, param in model.parameters_and_names()
+           if name.startswith("backbone.")}
+    missing = [name for name in own if name not in params and not _is_dcn_extra(name)]
+    mis_shaped = [name for name in own
+                  if name in params and tuple(params[name].shape) != tuple(own[name].shape)]
+    unknown = [name for name in params if name not in own]
+    if missing or mis_shaped or unknown:
+        shown = ", ".join((missing + mis_shaped + unknown)[:5])
+        raise CheckpointError(f"{path}: does not fit this backbone (another depth?): "
+                              f"{len(missing)} missing, {len(mis_shaped)} mis-shaped, "
+                              f"{len(unknown)} unknown, e.g. {shown}")
+    ms.load_param_into_net(model, {name: params[name] for name in own if name in params})
+    return sum(1 for name in own if name in params)
+
+
+def _is_dcn_extra(name):
+    return re.search(r"\.conv2\.(bias|conv_offset_mask\.(weight|bias))$", name) is not None
