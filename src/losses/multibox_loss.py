@@ -32,7 +32,8 @@ class MultiBoxLoss(nn.Cell):
         loc_t: [B, P, 4] float32 encoded targets. conf_t: [B, P] int32 (-1, 0, label+1).
         idx_t: [B, P] int32 matched GT slot.
         gt_boxes: [B, G, 4] float32 (x1, y1, x2, y2), relative. gt_labels: [B, G] int32 0-based.
-        gt_masks: [B, G, S, S] float32 0/1. semantic_t: [B, C-1, s, s] float32 0/1.
+        gt_masks: [B, G, S, S] 0/1. semantic_t: [B, C-1, s, s] 0/1 (any real or integer
+            dtype; the data pipeline ships uint8).
         pos_sample_idx: [B, M] int32 sampled positive priors (0 = padding).
         pos_sample_valid: [B, M] float32 1 for real samples.
 
@@ -66,6 +67,8 @@ class MultiBoxLoss(nn.Cell):
         if conf.shape[2] != self.num_classes or pos_sample_idx.shape[1] != self.masks_to_train:
             raise ValueError("MultiBoxLoss: conf must have num_classes channels and "
                              "pos_sample_idx masks_to_train columns")
+        gt_masks = gt_masks.astype(ms.float32)
+        semantic_t = semantic_t.astype(ms.float32)
         batch = loc.shape[0]
         num_pos = (conf_t > 0).astype(ms.float32).sum(axis=1)
         total_pos = ops.maximum(num_pos.sum(), 1.0)

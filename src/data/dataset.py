@@ -1,0 +1,150 @@
+"""MindSpore data pipelines over the MindRecord shards of ``create_mindrecord.py``.
+
+Training: read -> decode -> augment (``transforms.train_transform``) -> targets
+(``targets.build_targets``: padded GT, prototype-size masks, semantic target, prior matching,
+sampled positives) -> fixed-shape batches. Evaluation: read -> decode -> resize + normalise.
+
+Every random draw of a sample comes from ``np.random.default_rng([seed, epoch, image_id])``,
+so a sample does not depend on which worker made it or on what ran before: a run is
+reproducible, and resuming at an iteration replays exactly the batches of the original run.
+"""
+import numpy as np
+import mindspore.dataset as ds
+
+from src.box.priors import feature_map_sizes
+from src.data.coco import DatasetError
+from src.data.mindrecord import (decode_image, decode_masks, decode_row, field_bytes,
+                                  mindrecord_schema, shard_paths)
+from src.data.targets import MatchThresholds, TargetShapes, build_targets
+from src.data.transforms import eval_transform, normalize_image, resize_sample, train_transform
+
+RECORD_COLUMNS = tuple(mindrecord_schema())
+TRAIN_COLUMNS = ("images", "loc_t", "conf_t", "idx_t", "gt_boxes", "gt_labels", "gt_masks",
+                 "semantic_t", "pos_sample_idx", "pos_sample_valid")
+EVAL_COLUMNS = ("images", "image_id", "height", "width")
+
+# Augmentation draws before falling back to a plain resize, when every non-crowd box of an
+# image is lost (the authors draw another image instead; a map cannot, so we redraw).
+_AUGMENT_ATTEMPTS = 10
+
+
+def read_image(image_bytes, ignore_exif_orientation, file_name):
+    """BGR uint8 image of a row, or a DatasetError naming the file."""
+    image = decode_image(image_bytes, ignore_exif_orientation)
+    if image is None:
+        raise DatasetError(f"{file_name}: image bytes in the MindRecord cannot be decoded")
+    return image
+
+
+class TrainSampleMaker:
+    """``MindDataset`` row -> the fixed-shape arrays of ``TRAIN_COLUMNS`` (a picklable callable
+    for ``dataset.map``).
+
+    Args:
+        priors: [P, 4] float32 (cx, cy, w, h) of the config.
+        max_size: S, the network input size.
+        shapes: ``TargetShapes``. thresholds: ``MatchThresholds``.
+        seed, epoch: with the image id, they fix every random draw of a sample.
+        augment: False gives the un-augmented resize (tests, debugging).
+    """
+
+    def __init__(self, priors, max_size, shapes, thresholds, seed, epoch, augment=True):
+        self.priors = priors
+        self.max_size = max_size
+        self.shapes = shapes
+        self.thresholds = thresholds
+        self.seed = seed
+        self.epoch = epoch
+        self.augment = augment
+
+    def __call__(self, *columns):
+        row = decode_row(dict(zip(RECORD_COLUMNS, columns)))
+        rng = np.random.default_rng([self.seed, self.epoch, row.image_id])
+        image = read_image(row.image_bytes, row.ignore_exif_orientation, row.file_name)
+        masks = decode_masks(row.mask_rles, row.height, row.width)
+        image_out, masks, boxes, labels, is_crowd = self._augmented(image, masks, row, rng)
+        targets = build_targets(masks, boxes, labels, is_crowd, self.priors, self.shapes,
+                                self.thresholds, rng, image_id=row.image_id)
+        return (image_out,) + targets
+
+    def _augmented(self, image, masks, row, rng):
+        """(image [3,S,S], masks [G,S,S], boxes relative [G,4], labels, is_crowd)."""
+        if self.augment and not row.is_crowd.all():
+            for _ in range(_AUGMENT_ATTEMPTS):
+                sample = train_transform(image, masks, row.boxes_abs, row.labels, row.is_crowd,
+                                         self.max_size, rng)
+                if sample is not None:
+                    return sample.image, sample.masks, sample.boxes, sample.labels, sample.is_crowd
+        resized, masks, boxes_abs, labels, is_crowd = resize_sample(
+            image.astype(np.float32), masks, row.boxes_abs, row.labels, row.is_crowd,
+            self.max_size)
+        return (normalize_image(resized), masks, boxes_abs / np.float32(self.max_size), labels,
+                is_crowd)
+
+
+def target_shapes(config):
+    """``TargetShapes`` of a config (prototype and P3 grid sizes derived from max_size)."""
+    p3_size = feature_map_sizes(config.max_size)[0]
+    return TargetShapes(max_num_gt=config.data.max_num_gt, mask_size=2 * p3_size,
+                        semantic_size=p3_size, num_fg_classes=config.num_classes - 1,
+                        masks_to_train=config.loss.masks_to_train)
+
+
+def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, epoch=0,
+                         rank=0, group_size=1, num_workers=None, skip_batches=0, augment=True):
+    """Batches of ``TRAIN_COLUMNS`` for one epoch of this device's shard.
+
+    Args:
+        config: ``YolactConfig``.
+        mindrecord_dir: ``--output_dir`` of create_mindrecord.py (with a ``train`` split).
+        batch_size: images per batch on this device; the last partial batch is dropped.
+        priors: [P, 4] prior boxes of the config.
+        seed, epoch: shuffle order and augmentation draws (a new pipeline per epoch).
+        rank, group_size: data-parallel shard of this device.
+        num_workers: map workers (processes when > 1); default ``config.data.num_parallel_workers``.
+        skip_batches: batches of this epoch already trained (resume).
+        augment: the training augmentation (False: plain resize).
+    """
+    files = shard_paths(mindrecord_dir, "train")
+    workers = num_workers or config.data.num_parallel_workers
+    ds.config.set_seed(seed + epoch)
+    sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
+    dataset = ds.MindDataset(files, columns_list=list(RECORD_COLUMNS), shuffle=True,
+                             num_parallel_workers=1, **sharding)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches * batch_size)
+    loss = config.loss
+    maker = TrainSampleMaker(priors, config.max_size, target_shapes(config),
+                             MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
+                             seed, epoch, augment)
+    dataset = dataset.map(operations=maker, input_columns=list(RECORD_COLUMNS),
+                          output_columns=list(TRAIN_COLUMNS), num_parallel_workers=workers,
+                          python_multiprocessing=workers > 1)
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
+EVAL_RECORD_COLUMNS = ("image", "file_name", "image_id", "height", "width",
+                       "ignore_exif_orientation")
+
+
+class EvalSampleMaker:
+    """Row -> (image [3,S,S] float32, image_id, height, width): the authors' eval transform."""
+
+    def __init__(self, max_size):
+        self.max_size = max_size
+
+    def __call__(self, image_bytes, file_name, image_id, height, width, ignore_exif_orientation):
+        name = file_name if isinstance(file_name, str) else str(np.asarray(file_name).item())
+        image = read_image(field_bytes(image_bytes), bool(ignore_exif_orientation), name)
+        return (eval_transform(image, self.max_size), np.int64(image_id), np.int32(height),
+                np.int32(width))
+
+
+def create_eval_dataset(config, mindrecord_dir, batch_size=1, split="val", num_workers=2):
+    """Batches of ``EVAL_COLUMNS`` in file order (no shuffle, last batch kept)."""
+    columns = list(EVAL_RECORD_COLUMNS)
+    dataset = ds.MindDataset(shard_paths(mindrecord_dir, split), columns_list=columns,
+                             shuffle=False)
+    dataset = dataset.map(operations=EvalSampleMaker(config.max_size), input_columns=columns,
+                          output_columns=list(EVAL_COLUMNS), num_parallel_workers=num_workers)
+    return dataset.batch(batch_size, drop_remainder=False)
