@@ -1,0 +1,192 @@
+"""The training loop: data, model, loss, optimizer and the jitted step, with logging,
+checkpoints, resume and the non-finite guard. ``train.py`` only parses arguments."""
+import dataclasses
+import logging
+import os
+import time
+
+import numpy as np
+import mindspore as ms
+
+from src.data.dataset import create_train_dataset
+from src.data.mindrecord import read_dataset_info
+from src.losses.multibox_loss import MultiBoxLoss
+from src.model.build import build_model, prior_boxes
+from src.train.checkpoint import (checkpoint_path, list_checkpoints, load_backbone_weights,
+                                  resume_training, rotate_checkpoints, save_training_checkpoint)
+from src.train.lr_schedule import learning_rate_at, learning_rates, scale_for_batch_size
+from src.train.optimizer import build_optimizer
+from src.train.train_step import build_grad_reducer, build_loss_scaler, make_train_step
+from src.utils.logger import format_duration
+
+logger = logging.getLogger("yolact")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad input, diverged); the message says why and what was kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Run options that are not part of the model config (``train.py`` flags)."""
+    mindrecord_dir: str
+    output_dir: str = "output"
+    batch_size: int = 8                 # total over all devices
+    max_iter: int = 0                   # 0: the config's (scaled) schedule
+    backbone_ckpt: str = ""
+    resume: str = ""                    # a checkpoint path, or "auto": the newest in output_dir
+    save_every: int = 10000
+    keep_last: int = 3
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0                # 0: the config's data.num_parallel_workers
+    loss_scale: str = "dynamic"
+    amp_level: str = "O0"
+    max_nonfinite_steps: int = 20       # consecutive skipped steps before giving up
+
+
+def resolve_freeze_bn(setting, per_device_batch):
+    """The authors freeze BatchNorm when the per-device batch is below 6."""
+    if setting == "auto":
+        return per_device_batch < 6
+    if setting in ("yes", "no"):
+        return setting == "yes"
+    raise TrainingError(f"train.freeze_bn '{setting}': expected auto, yes or no")
+
+
+def train(config, options, context):
+    """Train ``config`` and return the path of the last checkpoint written."""
+    if options.batch_size % context.group_size:
+        raise TrainingError(f"--batch_size {options.batch_size} is not divisible by the "
+                            f"{context.group_size} devices")
+    per_device_batch = options.batch_size // context.group_size
+    schedule = scale_for_batch_size(config.train, options.batch_size)
+    if options.max_iter:
+        schedule = dataclasses.replace(schedule, max_iter=options.max_iter)
+    freeze_bn = resolve_freeze_bn(config.train.freeze_bn, per_device_batch)
+    num_images = read_dataset_info(options.mindrecord_dir, "train")["num_images"]
+    epoch_size = num_images // context.group_size // per_device_batch
+    if epoch_size == 0:
+        raise TrainingError(f"{options.mindrecord_dir}: {num_images} training images are fewer "
+                            f"than one batch of {per_device_batch} per device")
+
+    ms.set_seed(options.seed)
+    model = build_model(config, freeze_bn=freeze_bn)
+    if options.amp_level != "O0":
+        model = ms.amp.auto_mixed_precision(model, options.amp_level)
+    if options.backbone_ckpt:
+        loaded = load_backbone_weights(model, options.backbone_ckpt)
+        logger.info("backbone initialised from %s (%d tensors)", options.backbone_ckpt, loaded)
+    model.set_train(True)
+    loss_cfg = config.loss
+    loss_fn = MultiBoxLoss(config.num_classes, model.maskiou_net, loss_cfg.bbox_weight,
+                           loss_cfg.conf_weight, loss_cfg.mask_weight, loss_cfg.semantic_weight,
+                           loss_cfg.maskiou_weight, loss_cfg.negpos_ratio, loss_cfg.masks_to_train,
+                           loss_cfg.discard_mask_area)
+    optimizer = build_optimizer(model.trainable_params(), learning_rates(schedule),
+                                schedule.momentum, schedule.weight_decay)
+    scaler = build_loss_scaler(options.loss_scale)
+    step = make_train_step(model, loss_fn, optimizer, scaler,
+                           build_grad_reducer(optimizer.parameters, context.distributed,
+                                              context.group_size))
+
+    start_iter = 0
+    resume_path = _resume_path(options, config.name)
+    if resume_path:
+        start_iter = resume_training(resume_path, model, optimizer, scaler)
+        logger.info("resumed from %s at iteration %d", resume_path, start_iter)
+    logger.info("%s: %d images, batch %d (%d per device, BN %s), %d iterations, lr %.2e, "
+                "steps %s", config.name, num_images, options.batch_size, per_device_batch,
+                "frozen" if freeze_bn else "trained", schedule.max_iter, schedule.lr,
+                list(schedule.lr_steps))
+
+    writer = _CheckpointWriter(options, config.name, model, optimizer, scaler, context.rank)
+    priors = prior_boxes(config)
+    iteration = start_iter
+    nonfinite = 0
+    clock = _Throughput(options.batch_size)
+    try:
+        while iteration < schedule.max_iter:
+            epoch, done = divmod(iteration, epoch_size)
+            dataset = create_train_dataset(
+                config, options.mindrecord_dir, per_device_batch, priors, seed=options.seed,
+                epoch=epoch, rank=context.rank, group_size=context.group_size,
+                num_workers=options.num_workers or None, skip_batches=done)
+            for batch in dataset.create_tuple_iterator(num_epochs=1):
+                total, terms, finite, scale = step(*batch)
+                iteration += 1
+                nonfinite = 0 if bool(finite.asnumpy()) else nonfinite + 1
+                if nonfinite > options.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"the loss or its gradients were not finite for {nonfinite} steps in a "
+                        f"row (iteration {iteration}); stopped. The last good checkpoint is "
+                        f"{writer.last_path or 'none (no checkpoint was written yet)'}")
+                clock.tick()
+                if iteration % options.log_every == 0 or iteration == schedule.max_iter:
+                    _log_step(iteration, schedule, terms, total, scale, clock,
+                              loss_fn.TERM_NAMES, nonfinite)
+                if iteration % options.save_every == 0 and nonfinite == 0:
+                    writer.save(iteration)
+                if iteration >= schedule.max_iter:
+                    break
+    except KeyboardInterrupt:
+        if nonfinite == 0 and iteration > start_iter:
+            writer.save(iteration)
+        logger.warning("interrupted at iteration %d; resume with --resume auto", iteration)
+        raise
+    if iteration > start_iter and nonfinite == 0 and writer.last_iteration != iteration:
+        writer.save(iteration)
+    return writer.last_path
+
+
+def _resume_path(options, name):
+    if options.resume != "auto":
+        return options.resume
+    found = list_checkpoints(options.output_dir, name)
+    return found[-1] if found else ""
+
+
+class _CheckpointWriter:
+    """Saves on rank 0 only (the ranks hold identical weights), then rotates old files."""
+
+    def __init__(self, options, name, model, optimizer, scaler, rank):
+        self.options, self.name = options, name
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.rank = rank
+        self.last_path, self.last_iteration = None, None
+
+    def save(self, iteration):
+        path = checkpoint_path(self.options.output_dir, self.name, iteration)
+        if self.rank == 0:
+            save_training_checkpoint(path, self.model, self.optimizer, self.scaler, iteration)
+            rotate_checkpoints(self.options.output_dir, self.name, self.options.keep_last)
+            logger.info("saved %s", path)
+        self.last_path, self.last_iteration = path, iteration
+
+
+class _Throughput:
+    """Seconds per step over the recent steps (the first step includes graph compilation)."""
+
+    def __init__(self, batch_size, window=20):
+        self.batch_size, self.window = batch_size, window
+        self.stamps = [time.time()]
+
+    def tick(self):
+        self.stamps = (self.stamps + [time.time()])[-(self.window + 1):]
+
+    def seconds_per_step(self):
+        if len(self.stamps) < 2:
+            return float("nan")
+        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+
+
+def _log_step(iteration, schedule, terms, total, scale, clock, names, nonfinite):
+    values = terms.asnumpy()
+    parts = " ".join(f"{name} {value:.3f}" for name, value in zip(names, values))
+    lr = learning_rate_at(iteration - 1, schedule)
+    sec = clock.seconds_per_step()
+    eta = format_duration(sec * (schedule.max_iter - iteration)) if np.isfinite(sec) else "?"
+    skipped = f" | skipped {nonfinite}" if nonfinite else ""
+    logger.info("iter %d/%d | %s | total %.3f | lr %.2e | scale %g | %.2f s/step | %.1f img/s | "
+                "ETA %s%s", iteration, schedule.max_iter, parts, float(total.asnumpy()), lr,
+                float(scale.asnumpy()), sec, clock.batch_size / sec, eta, skipped)
