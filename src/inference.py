@@ -84,33 +84,13 @@ def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
     }
 
 
-class Detector:
-    """Instance segmentation of single images with a trained or converted checkpoint.
+class BatchDetector:
+    """The shared host side of the detectors: preprocessing, fixed-size batches, and the
+    results in original image pixels. Subclasses set ``config``, ``batch_size`` and
+    ``run_network(batch) -> InferenceNet outputs as numpy``."""
 
-    Example::
-
-        det = Detector(config="yolact_plus_resnet50", ckpt="x.ckpt", device_target="CPU")
-        result = det(cv2.imread("dog.jpg"))      # dict of numpy arrays, see ``__call__``
-
-    Args:
-        config: a variant name, a YAML path, or a ``YolactConfig``.
-        ckpt: checkpoint of that config (trained here or made by ``src.convert_weights``).
-        device_target: "CPU", "GPU" or "Ascend".
-        overrides: ``section.field=value`` strings applied to a named config.
-
-    Raises:
-        CheckpointError: the checkpoint is missing or belongs to another config.
-    """
-
-    def __init__(self, config="yolact_plus_resnet50", ckpt=None, device_target="CPU",
-                 overrides=()):
-        self.config = load_config(config, overrides) if isinstance(config, str) else config
-        init_context(device_target)
-        self.model = build_model(self.config)
-        if ckpt is not None:
-            load_weights(self.model, ckpt)
-        self.model.set_train(False)
-        self.net = build_inference_net(self.config, self.model)
+    config = None
+    batch_size = 1
 
     def preprocess(self, image_bgr):
         """[H, W, 3] uint8 BGR -> [1, 3, S, S] float32 normalised RGB (the authors' eval path)."""
@@ -118,6 +98,9 @@ class Detector:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image.shape}")
         return eval_transform(image, self.config.max_size)[None]
+
+    def run_network(self, batch):
+        raise NotImplementedError(f"{type(self).__name__} must define run_network")
 
     def __call__(self, image_bgr):
         """Detect instances in one image.
@@ -130,9 +113,62 @@ class Detector:
             ``classes [N]`` 0-based (no background), ``box_scores [N]``, ``mask_scores [N]``
             (YOLACT++: box score x mask IoU; YOLACT: = box score), ``masks [N,H,W]`` bool.
         """
-        height, width = image_bgr.shape[:2]
-        outputs = tuple(o.asnumpy() for o in self.net(Tensor(self.preprocess(image_bgr))))
-        return detections_to_image(outputs, 0, height, width, self.config.eval.mask_threshold)
+        return self.detect_batch([image_bgr])[0]
+
+    def detect_batch(self, images_bgr):
+        """Detect instances in up to ``batch_size`` images with one network call.
+
+        The network always sees ``batch_size`` images (one compiled graph): unused slots
+        stay zero and their outputs are not read.
+
+        Returns:
+            list of ``__call__`` result dicts, one per image, in order.
+        """
+        if not 1 <= len(images_bgr) <= self.batch_size:
+            raise ValueError(f"expected 1 to {self.batch_size} images, got {len(images_bgr)}")
+        size = self.config.max_size
+        batch = np.zeros((self.batch_size, 3, size, size), np.float32)
+        for index, image in enumerate(images_bgr):
+            batch[index] = self.preprocess(image)[0]
+        outputs = self.run_network(batch)
+        threshold = self.config.eval.mask_threshold
+        return [detections_to_image(outputs, index, image.shape[0], image.shape[1], threshold)
+                for index, image in enumerate(images_bgr)]
+
+
+class Detector(BatchDetector):
+    """Instance segmentation of images with a trained or converted checkpoint.
+
+    Example::
+
+        det = Detector(config="yolact_plus_resnet50", ckpt="x.ckpt", device_target="CPU")
+        result = det(cv2.imread("dog.jpg"))      # dict of numpy arrays, see ``__call__``
+
+    Args:
+        config: a variant name, a YAML path, or a ``YolactConfig``.
+        ckpt: checkpoint of that config (trained here or made by ``src.convert_weights``).
+        device_target: "CPU", "GPU" or "Ascend".
+        overrides: ``section.field=value`` strings applied to a named config.
+        batch_size: images per network call in ``detect_batch``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or belongs to another config.
+    """
+
+    def __init__(self, config="yolact_plus_resnet50", ckpt=None, device_target="CPU",
+                 overrides=(), batch_size=1):
+        self.config = load_config(config, overrides) if isinstance(config, str) else config
+        self.batch_size = batch_size
+        init_context(device_target)
+        self.model = build_model(self.config)
+        if ckpt is not None:
+            load_weights(self.model, ckpt)
+        self.model.set_train(False)
+        self.net = build_inference_net(self.config, self.model)
+
+    def run_network(self, batch):
+        """``InferenceNet`` outputs (numpy) of a [batch_size, 3, S, S] normalised batch."""
+        return tuple(o.asnumpy() for o in self.net(Tensor(batch)))
 
     def raw(self, batch_nchw):
         """Network outputs for an already normalised RGB batch [B, 3, S, S] float32.
