@@ -50,7 +50,6 @@ import functools
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
@@ -208,27 +207,14 @@ def load_torch_state_dict(path):
     return dict(loaded)
 
 
-def save_checkpoint_atomic(arrays, path):
-    """Write ``arrays`` (name -> np.ndarray) as a MindSpore checkpoint, all or nothing.
-
-    The file is written next to ``path`` under a temporary name, then renamed over it.
-    """
+def write_checkpoint(arrays, path):
+    """Write ``arrays`` (name -> np.ndarray) as a MindSpore checkpoint, all or nothing."""
     import mindspore as ms
+    from src.utils.checkpoint import save_checkpoint_atomic
 
     _require_ckpt_suffix(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # save_checkpoint appends ".ckpt" to names that lack it: keep the suffix on the temp file.
-    handle, temp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".ckpt",
-                                         dir=directory)
-    os.close(handle)
-    try:
-        ms.save_checkpoint([{"name": name, "data": ms.Tensor(array)}
-                            for name, array in arrays.items()], temp_path)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    save_checkpoint_atomic([{"name": name, "data": ms.Tensor(array)}
+                            for name, array in arrays.items()], path)
 
 
 def summary_lines(conversion, src, dst):
@@ -342,7 +328,7 @@ def main(argv=None):
         _require_ckpt_suffix(args.dst)  # fail before the slow part
         state_dict = load_torch_state_dict(args.src)
         conversion = convert(state_dict, config, backbone_only=args.backbone)
-        save_checkpoint_atomic(conversion.arrays, args.dst)
+        write_checkpoint(conversion.arrays, args.dst)
     except (WeightConversionError, ConfigError, OSError) as error:
         print(f"convert_weights: error: {error}", file=sys.stderr)
         return 2
