@@ -58,28 +58,34 @@ class TrainSampleMaker:
         self.augment = augment
 
     def __call__(self, *columns):
+        image, masks, boxes, labels, is_crowd, image_id, rng = self.sample(*columns)
+        targets = build_targets(masks, boxes, labels, is_crowd, self.priors, self.shapes,
+                                self.thresholds, rng, image_id=image_id)
+        return (image,) + targets
+
+    def sample(self, *columns):
+        """The augmented (or plainly resized) sample of a row, before targets.
+
+        Returns:
+            image [3, S, S] float32 normalised RGB, masks [G, S, S] uint8, boxes [G, 4]
+            float32 (x1, y1, x2, y2) relative, labels [G], is_crowd [G] bool, the image id,
+            and the sample's random generator (for the draws that follow).
+        """
         row = decode_row(dict(zip(RECORD_COLUMNS, columns)))
         rng = np.random.default_rng([self.seed, self.epoch, row.image_id])
         image = read_image(row.image_bytes, row.ignore_exif_orientation, row.file_name)
         masks = decode_masks(row.mask_rles, row.height, row.width)
-        image_out, masks, boxes, labels, is_crowd = self._augmented(image, masks, row, rng)
-        targets = build_targets(masks, boxes, labels, is_crowd, self.priors, self.shapes,
-                                self.thresholds, rng, image_id=row.image_id)
-        return (image_out,) + targets
-
-    def _augmented(self, image, masks, row, rng):
-        """(image [3,S,S], masks [G,S,S], boxes relative [G,4], labels, is_crowd)."""
         if self.augment and not row.is_crowd.all():
             for _ in range(_AUGMENT_ATTEMPTS):
-                sample = train_transform(image, masks, row.boxes_abs, row.labels, row.is_crowd,
-                                         self.max_size, rng)
-                if sample is not None:
-                    return sample.image, sample.masks, sample.boxes, sample.labels, sample.is_crowd
+                augmented = train_transform(image, masks, row.boxes_abs, row.labels,
+                                            row.is_crowd, self.max_size, rng)
+                if augmented is not None:
+                    return tuple(augmented) + (row.image_id, rng)
         resized, masks, boxes_abs, labels, is_crowd = resize_sample(
             image.astype(np.float32), masks, row.boxes_abs, row.labels, row.is_crowd,
             self.max_size)
         return (normalize_image(resized), masks, boxes_abs / np.float32(self.max_size), labels,
-                is_crowd)
+                is_crowd, row.image_id, rng)
 
 
 def target_shapes(config):
