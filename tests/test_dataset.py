@@ -10,7 +10,8 @@ import mindspore.dataset as ds
 from src.box.matching import match
 from src.data.coco import load_coco
 from src.data.dataset import (RECORD_COLUMNS, TRAIN_COLUMNS, TrainSampleMaker,
-                              create_eval_dataset, create_train_dataset, target_shapes)
+                              create_eval_dataset, create_train_dataset, epoch_schedule,
+                              target_shapes)
 from src.data.mindrecord import shard_paths, write_mindrecord
 from src.data.targets import MatchThresholds
 from src.data.transforms import downsample_masks, normalize_image
@@ -34,9 +35,10 @@ def converted(tmp_path_factory):
 
 
 def _rows(mindrecord_dir):
+    """Each row's record columns and a stream position of 0 (epoch 0)."""
     dataset = ds.MindDataset(shard_paths(mindrecord_dir, "train"),
                              columns_list=list(RECORD_COLUMNS), shuffle=False)
-    return [tuple(row[c] for c in RECORD_COLUMNS)
+    return [tuple(row[c] for c in RECORD_COLUMNS) + (np.int64(0),)
             for row in dataset.create_dict_iterator(output_numpy=True, num_epochs=1)]
 
 
@@ -44,7 +46,7 @@ def _maker(config, augment, seed=0):
     loss = config.loss
     return TrainSampleMaker(prior_boxes(config), config.max_size, target_shapes(config),
                             MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
-                            seed=seed, epoch=0, augment=augment)
+                            seed=seed, samples_per_epoch=6, augment=augment)
 
 
 def test_unaugmented_samples_give_back_the_annotations(converted):
@@ -148,14 +150,31 @@ def test_pipeline_is_deterministic_and_batched(converted):
         assert a.shape == expected[name], name
         np.testing.assert_array_equal(a, b, err_msg=f"{name} depends on the worker count")
     assert not np.array_equal(one[0], other[0]), "another seed should give other samples"
-    dataset = create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1)
-    assert dataset.get_dataset_size() == 3   # 6 images, batch 2, last partial batch dropped
-    skipped = create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1,
-                                   skip_batches=1)
-    second = list(dataset.create_tuple_iterator(output_numpy=True, num_epochs=1))[1]
-    resumed = next(skipped.create_tuple_iterator(output_numpy=True, num_epochs=1))
-    for a, b in zip(second, resumed):
-        np.testing.assert_array_equal(a, b)
+    # 6 images, batch 2: 3 iterations per epoch. Iterations 2-4 cross into epoch 1, and a
+    # run resumed at iteration 2 must get exactly the batches of the uninterrupted one.
+    straight = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1,
+                                         num_iterations=5)
+                    .create_tuple_iterator(output_numpy=True, num_epochs=1))
+    assert len(straight) == 5
+    resumed = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1,
+                                        start_iteration=2, num_iterations=3)
+                   .create_tuple_iterator(output_numpy=True, num_epochs=1))
+    for want, got in zip(straight[2:], resumed):
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(straight[0][0], straight[3][0]), "epoch 1 should differ"
+
+
+def test_epoch_schedule_covers_each_image_once_per_epoch_and_splits_ranks():
+    rows, per_epoch = epoch_schedule(11, batch_size=2, seed=4)
+    assert per_epoch == 10
+    for epoch in range(3):
+        assert len(set(rows(epoch))) == 10 and set(rows(epoch)) <= set(range(11))
+    assert not np.array_equal(rows(0), rows(1))
+    rank0, per_rank = epoch_schedule(11, batch_size=2, seed=4, rank=0, group_size=2)
+    rank1, _ = epoch_schedule(11, batch_size=2, seed=4, rank=1, group_size=2)
+    assert per_rank == 4
+    assert not set(rank0(0)) & set(rank1(0))
 
 
 def test_eval_pipeline(converted):

@@ -4,9 +4,12 @@ Training: read -> decode -> augment (``transforms.train_transform``) -> targets
 (``targets.build_targets``: padded GT, prototype-size masks, semantic target, prior matching,
 sampled positives) -> fixed-shape batches. Evaluation: read -> decode -> resize + normalise.
 
-Every random draw of a sample comes from ``np.random.default_rng([seed, epoch, image_id])``,
-so a sample does not depend on which worker made it or on what ran before: a run is
-reproducible, and resuming at an iteration replays exactly the batches of the original run.
+The order of the samples is ours, not the reader's: epoch ``e`` visits the images in the
+permutation ``default_rng([seed, e])``, split between the data-parallel ranks, and the
+reader follows that list (``SubsetSampler``). Every random draw of a sample comes from
+``default_rng([seed, epoch, image_id])``. So a sample does not depend on which worker made it
+or on what ran before: a run is reproducible, and resuming at an iteration replays exactly
+the batches of the original run, without reading the skipped ones.
 """
 import numpy as np
 import mindspore.dataset as ds
@@ -14,7 +17,7 @@ import mindspore.dataset as ds
 from src.box.priors import feature_map_sizes
 from src.data.coco import DatasetError
 from src.data.mindrecord import (decode_image, decode_masks, decode_row, field_bytes,
-                                  mindrecord_schema, shard_paths)
+                                  mindrecord_schema, read_dataset_info, shard_paths)
 from src.data.targets import MatchThresholds, TargetShapes, build_targets
 from src.data.transforms import eval_transform, normalize_image, resize_sample, train_transform
 
@@ -44,17 +47,19 @@ class TrainSampleMaker:
         priors: [P, 4] float32 (cx, cy, w, h) of the config.
         max_size: S, the network input size.
         shapes: ``TargetShapes``. thresholds: ``MatchThresholds``.
-        seed, epoch: with the image id, they fix every random draw of a sample.
+        seed: with the epoch and the image id, it fixes every random draw of a sample.
+        samples_per_epoch: rows of the stream per epoch (its ``position`` column / this = epoch).
         augment: False gives the un-augmented resize (tests, debugging).
     """
 
-    def __init__(self, priors, max_size, shapes, thresholds, seed, epoch, augment=True):
+    def __init__(self, priors, max_size, shapes, thresholds, seed, samples_per_epoch,
+                 augment=True):
         self.priors = priors
         self.max_size = max_size
         self.shapes = shapes
         self.thresholds = thresholds
         self.seed = seed
-        self.epoch = epoch
+        self.samples_per_epoch = samples_per_epoch
         self.augment = augment
 
     def __call__(self, *columns):
@@ -66,13 +71,17 @@ class TrainSampleMaker:
     def sample(self, *columns):
         """The augmented (or plainly resized) sample of a row, before targets.
 
+        Args:
+            columns: the row's ``RECORD_COLUMNS`` and its stream ``position``.
+
         Returns:
             image [3, S, S] float32 normalised RGB, masks [G, S, S] uint8, boxes [G, 4]
             float32 (x1, y1, x2, y2) relative, labels [G], is_crowd [G] bool, the image id,
             and the sample's random generator (for the draws that follow).
         """
-        row = decode_row(dict(zip(RECORD_COLUMNS, columns)))
-        rng = np.random.default_rng([self.seed, self.epoch, row.image_id])
+        row = decode_row(dict(zip(RECORD_COLUMNS, columns[:-1])))
+        epoch = int(columns[-1]) // self.samples_per_epoch
+        rng = np.random.default_rng([self.seed, epoch, row.image_id])
         image = read_image(row.image_bytes, row.ignore_exif_orientation, row.file_name)
         masks = decode_masks(row.mask_rles, row.height, row.width)
         if self.augment and not row.is_crowd.all():
@@ -96,34 +105,84 @@ def target_shapes(config):
                         masks_to_train=config.loss.masks_to_train)
 
 
-def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, epoch=0,
-                         rank=0, group_size=1, num_workers=None, skip_batches=0, augment=True):
-    """Batches of ``TRAIN_COLUMNS`` for one epoch of this device's shard.
+def epoch_schedule(num_images, batch_size, seed, rank=0, group_size=1):
+    """Images of each epoch for one rank: a function ``epoch -> [E] row indices``, and E.
+
+    Epoch ``e`` permutes all images with ``default_rng([seed, e])``; rank r takes every
+    group_size-th of them from position r, cut to whole batches (the last partial batch is
+    dropped, as the authors' loader does).
+    """
+    per_rank = num_images // group_size
+    samples_per_epoch = per_rank // batch_size * batch_size
+
+    def rows(epoch):
+        order = np.random.default_rng([seed, epoch]).permutation(num_images)
+        return order[rank::group_size][:samples_per_epoch]
+
+    return rows, samples_per_epoch
+
+
+class _StreamPosition:
+    """Numbers the rows in stream order (run by a single in-order worker)."""
+
+    def __init__(self, start):
+        self.next_position = start
+
+    def __call__(self, image_id):
+        position = self.next_position
+        self.next_position += 1
+        return image_id, np.int64(position)
+
+
+def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, start_iteration=0,
+                         num_iterations=None, rank=0, group_size=1, num_workers=None,
+                         augment=True):
+    """Batches of ``TRAIN_COLUMNS`` for iterations ``[start_iteration, start_iteration +
+    num_iterations)`` of this device (across epochs; keep it to tens of epochs per pipeline,
+    each epoch is one reader).
 
     Args:
         config: ``YolactConfig``.
         mindrecord_dir: ``--output_dir`` of create_mindrecord.py (with a ``train`` split).
-        batch_size: images per batch on this device; the last partial batch is dropped.
+        batch_size: images per batch on this device.
         priors: [P, 4] prior boxes of the config.
-        seed, epoch: shuffle order and augmentation draws (a new pipeline per epoch).
+        seed: sample order and augmentation draws.
+        start_iteration: iterations already trained (resume).
+        num_iterations: batches to produce; default one epoch.
         rank, group_size: data-parallel shard of this device.
         num_workers: map workers (processes when > 1); default ``config.data.num_parallel_workers``.
-        skip_batches: batches of this epoch already trained (resume).
         augment: the training augmentation (False: plain resize).
+
+    Raises:
+        DatasetError: the split has fewer images than one batch per device.
     """
     files = shard_paths(mindrecord_dir, "train")
-    workers = num_workers or config.data.num_parallel_workers
-    ds.config.set_seed(seed + epoch)
-    sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
-    dataset = ds.MindDataset(files, columns_list=list(RECORD_COLUMNS), shuffle=True,
-                             num_parallel_workers=1, **sharding)
-    if skip_batches:
-        dataset = dataset.skip(skip_batches * batch_size)
+    num_images = read_dataset_info(mindrecord_dir, "train")["num_images"]
+    rows, samples_per_epoch = epoch_schedule(num_images, batch_size, seed, rank, group_size)
+    if samples_per_epoch == 0:
+        raise DatasetError(f"{mindrecord_dir}: {num_images} training images are fewer than one "
+                           f"batch of {batch_size} on each of {group_size} devices")
+    num_iterations = num_iterations or samples_per_epoch // batch_size
+    first, last = start_iteration * batch_size, (start_iteration + num_iterations) * batch_size
+    # One reader per epoch (a SubsetSampler may not list more rows than the file has),
+    # concatenated into one stream.
+    dataset = None
+    for epoch in range(first // samples_per_epoch, (last - 1) // samples_per_epoch + 1):
+        begin = max(first - epoch * samples_per_epoch, 0)
+        end = min(last - epoch * samples_per_epoch, samples_per_epoch)
+        reader = ds.MindDataset(files, columns_list=list(RECORD_COLUMNS),
+                                sampler=ds.SubsetSampler(rows(epoch)[begin:end].tolist()),
+                                num_parallel_workers=1)
+        dataset = reader if dataset is None else dataset + reader
+    dataset = dataset.map(operations=_StreamPosition(first), input_columns=["image_id"],
+                          output_columns=["image_id", "position"], num_parallel_workers=1,
+                          python_multiprocessing=False)
     loss = config.loss
     maker = TrainSampleMaker(priors, config.max_size, target_shapes(config),
                              MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
-                             seed, epoch, augment)
-    dataset = dataset.map(operations=maker, input_columns=list(RECORD_COLUMNS),
+                             seed, samples_per_epoch, augment)
+    workers = num_workers or config.data.num_parallel_workers
+    dataset = dataset.map(operations=maker, input_columns=list(RECORD_COLUMNS) + ["position"],
                           output_columns=list(TRAIN_COLUMNS), num_parallel_workers=workers,
                           python_multiprocessing=workers > 1)
     return dataset.batch(batch_size, drop_remainder=True)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import mindspore as ms
 
-from src.data.dataset import create_train_dataset
+from src.data.dataset import create_train_dataset, epoch_schedule
 from src.data.mindrecord import read_dataset_info
 from src.losses.multibox_loss import MultiBoxLoss
 from src.model.build import build_model, prior_boxes
@@ -20,6 +20,10 @@ from src.train.train_step import build_grad_reducer, build_loss_scaler, make_tra
 from src.utils.logger import format_duration
 
 logger = logging.getLogger("yolact")
+
+# Iterations and epochs served by one data pipeline; a new one (cheap) takes over after.
+PIPELINE_ITERATIONS = 5000
+PIPELINE_EPOCHS = 20
 
 
 class TrainingError(RuntimeError):
@@ -43,6 +47,8 @@ class TrainOptions:
     loss_scale: str = "dynamic"
     amp_level: str = "O0"
     max_nonfinite_steps: int = 20       # consecutive skipped steps before giving up
+    save_all_ranks: bool = False        # every rank saves (rank r > 0 in output_dir/rank_r),
+                                        # to check that data-parallel replicas agree
 
 
 def resolve_freeze_bn(setting, per_device_batch):
@@ -65,10 +71,10 @@ def train(config, options, context):
         schedule = dataclasses.replace(schedule, max_iter=options.max_iter)
     freeze_bn = resolve_freeze_bn(config.train.freeze_bn, per_device_batch)
     num_images = read_dataset_info(options.mindrecord_dir, "train")["num_images"]
-    epoch_size = num_images // context.group_size // per_device_batch
-    if epoch_size == 0:
-        raise TrainingError(f"{options.mindrecord_dir}: {num_images} training images are fewer "
-                            f"than one batch of {per_device_batch} per device")
+    _, samples_per_epoch = epoch_schedule(num_images, per_device_batch, options.seed,
+                                          context.rank, context.group_size)
+    segment = max(1, min(PIPELINE_ITERATIONS,
+                         PIPELINE_EPOCHS * samples_per_epoch // per_device_batch))
 
     ms.set_seed(options.seed)
     model = build_model(config, freeze_bn=freeze_bn)
@@ -107,11 +113,12 @@ def train(config, options, context):
     clock = _Throughput(options.batch_size)
     try:
         while iteration < schedule.max_iter:
-            epoch, done = divmod(iteration, epoch_size)
             dataset = create_train_dataset(
                 config, options.mindrecord_dir, per_device_batch, priors, seed=options.seed,
-                epoch=epoch, rank=context.rank, group_size=context.group_size,
-                num_workers=options.num_workers or None, skip_batches=done)
+                start_iteration=iteration,
+                num_iterations=min(segment, schedule.max_iter - iteration),
+                rank=context.rank, group_size=context.group_size,
+                num_workers=options.num_workers or None)
             for batch in dataset.create_tuple_iterator(num_epochs=1):
                 total, terms, finite, scale = step(*batch)
                 iteration += 1
@@ -147,19 +154,22 @@ def _resume_path(options, name):
 
 
 class _CheckpointWriter:
-    """Saves on rank 0 only (the ranks hold identical weights), then rotates old files."""
+    """Saves on rank 0 only (the ranks hold identical weights), then rotates old files;
+    with ``save_all_ranks`` rank r > 0 also saves, in ``output_dir/rank_r``."""
 
     def __init__(self, options, name, model, optimizer, scaler, rank):
         self.options, self.name = options, name
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
-        self.rank = rank
+        self.writes = rank == 0 or options.save_all_ranks
+        self.output_dir = (os.path.join(options.output_dir, f"rank_{rank}")
+                           if rank > 0 and options.save_all_ranks else options.output_dir)
         self.last_path, self.last_iteration = None, None
 
     def save(self, iteration):
-        path = checkpoint_path(self.options.output_dir, self.name, iteration)
-        if self.rank == 0:
+        path = checkpoint_path(self.output_dir, self.name, iteration)
+        if self.writes:
             save_training_checkpoint(path, self.model, self.optimizer, self.scaler, iteration)
-            rotate_checkpoints(self.options.output_dir, self.name, self.options.keep_last)
+            rotate_checkpoints(self.output_dir, self.name, self.options.keep_last)
             logger.info("saved %s", path)
         self.last_path, self.last_iteration = path, iteration
 
