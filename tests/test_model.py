@@ -70,3 +70,12 @@ def test_eval_outputs_of_yolact_plus_resnet50_at_550():
     np.testing.assert_allclose(priors, prior_boxes(config))
     np.testing.assert_allclose(conf.sum(-1), 1.0, atol=1e-5)
     assert np.abs(coeff).max() < 1.0 and proto.min() >= 0.0
+
+
+def test_yolact_plus_below_the_maskiou_minimum_size_is_a_clear_error():
+    from src.config.schema import replace
+    small = replace(VARIANTS["yolact_plus_resnet50"], **{"data.max_size": 245})
+    assert prototype_size(small) == 62
+    with pytest.raises(ValueError, match="YOLACT\\+\\+ needs max_size >= 249"):
+        build_model(small)
+    assert prototype_size(replace(small, **{"data.max_size": 249})) == 64

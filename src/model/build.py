@@ -8,6 +8,9 @@ from src.model.resnet import ResNet
 from src.model.semantic_head import SemanticHead
 from src.model.yolact import Yolact
 
+# Five stride-2 3x3 convs without padding reduce 63 px to 1 (63 -> 31 -> 15 -> 7 -> 3 -> 1).
+MASKIOU_MIN_GRID = 63
+
 
 def prior_boxes(config):
     """[P, 4] float32 (cx, cy, w, h) priors of ``config`` at its input size."""
@@ -25,6 +28,10 @@ def build_model(config, freeze_bn=False):
             (the authors do this when the per-device batch is below 6).
     """
     model = config.model
+    if model.use_maskiou and prototype_size(config) < MASKIOU_MIN_GRID:
+        raise ValueError(f"config '{config.name}': the mask re-scoring net needs a prototype grid "
+                         f"of at least {MASKIOU_MIN_GRID} px, but max_size {config.max_size} "
+                         f"gives {prototype_size(config)}; YOLACT++ needs max_size >= 249")
     backbone_cfg = model.backbone
     backbone = ResNet(layers=backbone_cfg.layers, base_width=backbone_cfg.base_width,
                       dcn_layers=backbone_cfg.dcn_layers, dcn_interval=backbone_cfg.dcn_interval,
