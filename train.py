@@ -1,5 +1,7 @@
 """Train YOLACT / YOLACT++: parse arguments, set up the device, run ``src.train.trainer``."""
 import argparse
+import os
+import signal
 import sys
 
 from src.utils.cpu_env import set_cpu_env_defaults
@@ -38,9 +40,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def device_id_from_env(device_target):
+    """The device a rank-table launcher (scripts/run_distribute_train.sh on Ascend) or the user
+    chose with DEVICE_ID, on GPU/Ascend; None lets MindSpore pick (0, or msrun's choice)."""
+    value = os.environ.get("DEVICE_ID", "")
+    if device_target == "CPU" or not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"DEVICE_ID '{value}': expected a device number")
+    return int(value)
+
+
+def interrupt_on_sigterm(signum, frame):
+    """Once a graph has run, MindSpore's own SIGINT handler turns Ctrl+C into SIGTERM (exit
+    143, no Python exception); job schedulers and msrun stop processes with SIGTERM too.
+    Raising KeyboardInterrupt lets the trainer save a checkpoint first."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_cpu_env_defaults()
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     from src.config.load import ConfigError, load_config
     from src.data.coco import DatasetError
     from src.train.context import init_context
@@ -50,7 +71,8 @@ def main(argv=None):
 
     try:
         config = load_config(args.config, args.opts)
-        context = init_context(args.device_target, args.distribute)
+        context = init_context(args.device_target, args.distribute,
+                               device_id_from_env(args.device_target))
         setup_logger(context.rank)
         options = TrainOptions(
             mindrecord_dir=args.mindrecord_dir, output_dir=args.output_dir,

@@ -15,9 +15,7 @@ from src.deploy import (DeployError, ExportedDetector, check_differences, compar
                         export_checkpoint, exported_input_shape, exported_path,
                         load_exported)
 from src.inference import Detector
-from src.model.build import build_model
-from src.utils.checkpoint import save_checkpoint_atomic
-from tests.conftest import tiny_config
+from tests.conftest import save_detecting_checkpoint, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,15 +49,7 @@ def tiny(tmp_path_factory):
     config = tiny_config()
     yaml_path = folder / "tiny.yaml"
     yaml_path.write_text(TINY_YAML)
-    ms.set_seed(0)
-    model = build_model(config)
-    # Push the class logits so that some priors pass the 0.05 threshold of 3 classes.
-    head = model.prediction_head.conf_layer
-    bias = np.zeros(head.bias.shape, np.float32)
-    bias[1::config.num_classes] = 3.0
-    head.bias.set_data(ms.Tensor(bias))
-    ckpt = str(folder / "tiny.ckpt")
-    save_checkpoint_atomic(model, ckpt)
+    ckpt = save_detecting_checkpoint(config, str(folder / "tiny.ckpt"))
     return SimpleNamespace(folder=folder, config=config, yaml=str(yaml_path), ckpt=ckpt)
 
 

@@ -7,23 +7,14 @@ import mindspore as ms
 from src.config.schema import replace
 from src.inference import Detector, InferenceNet, build_inference_net
 from src.model.build import build_model
-from src.utils.checkpoint import CheckpointError, save_checkpoint_atomic
-from tests.conftest import tiny_config
+from src.utils.checkpoint import CheckpointError
+from tests.conftest import save_detecting_checkpoint, tiny_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     config = tiny_config()
-    ms.set_seed(0)
-    model = build_model(config)
-    # Push the class logits so that some priors pass the 0.05 threshold of 3 classes.
-    head = model.prediction_head.conf_layer
-    bias = np.zeros(head.bias.shape, np.float32)
-    bias[1::config.num_classes] = 3.0
-    head.bias.set_data(ms.Tensor(bias))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
-    save_checkpoint_atomic(model, path)
-    return config, path
+    return config, save_detecting_checkpoint(config, str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"))
 
 
 @pytest.fixture(scope="module")

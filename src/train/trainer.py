@@ -111,6 +111,7 @@ def train(config, options, context):
     iteration = start_iter
     nonfinite = 0
     clock = _Throughput(options.batch_size)
+    applied = _global_step(optimizer)   # updates made by the iterations counted so far
     try:
         while iteration < schedule.max_iter:
             dataset = create_train_dataset(
@@ -121,8 +122,9 @@ def train(config, options, context):
                 num_workers=options.num_workers or None)
             for batch in dataset.create_tuple_iterator(num_epochs=1):
                 total, terms, finite, scale = step(*batch)
-                iteration += 1
-                nonfinite = 0 if bool(finite.asnumpy()) else nonfinite + 1
+                is_finite = bool(finite.asnumpy())
+                iteration, applied = iteration + 1, applied + is_finite
+                nonfinite = 0 if is_finite else nonfinite + 1
                 if nonfinite > options.max_nonfinite_steps:
                     raise TrainingError(
                         f"the loss or its gradients were not finite for {nonfinite} steps in a "
@@ -137,6 +139,10 @@ def train(config, options, context):
                 if iteration >= schedule.max_iter:
                     break
     except KeyboardInterrupt:
+        if _global_step(optimizer) > applied:
+            # Ctrl+C landed after the step's graph had updated the weights but before the
+            # loop counted the step: count it, so that the checkpoint resumes exactly.
+            iteration, nonfinite = iteration + 1, 0
         if nonfinite == 0 and iteration > start_iter:
             writer.save(iteration)
         logger.warning("interrupted at iteration %d; resume with --resume auto", iteration)
@@ -144,6 +150,10 @@ def train(config, options, context):
     if iteration > start_iter and nonfinite == 0 and writer.last_iteration != iteration:
         writer.save(iteration)
     return writer.last_path
+
+
+def _global_step(optimizer):
+    return int(optimizer.global_step.asnumpy().reshape(-1)[0])
 
 
 def _resume_path(options, name):

@@ -1,0 +1,111 @@
+#!/bin/bash
+# Train YOLACT / YOLACT++ on one device.
+#
+#   bash scripts/run_standalone_train.sh
+#       the built-in CPU demo: generates the synthetic shapes data set in <repo>/data/synthetic,
+#       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only once) and
+#       trains the yolact_plus_demo config on CPU.
+#   bash scripts/run_standalone_train.sh CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]
+#       CONFIG: a variant name (src/config/variants.py) or a YAML file;
+#       MINDRECORD_DIR: --output_dir of create_mindrecord.py (holds the train split);
+#       DEVICE_TARGET: CPU (default), GPU or Ascend; the rest goes to train.py unchanged,
+#       e.g. --batch_size 4 --resume auto --opts train.lr=0.002
+#
+# Environment: DEVICE_ID (GPU/Ascend, default 0); PYTHON (default python).
+# Checkpoints and train.log go to --output_dir (default <repo>/output/<config name>).
+
+usage() {
+    echo "Usage: bash $0 [CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]]" >&2
+    echo "       (no arguments: the synthetic CPU demo)" >&2
+    exit 1
+}
+
+fail() {
+    echo "$0: error: $*" >&2
+    exit 1
+}
+
+REPO=$(realpath "$(dirname "$0")/..")
+PYTHON=${PYTHON:-python}
+command -v "$PYTHON" > /dev/null || fail "'$PYTHON' not found; activate the environment or set PYTHON"
+export ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
+
+prepare_demo_data() {
+    local data=$REPO/data/synthetic
+    MINDRECORD_DIR=$REPO/data/synthetic_mindrecord
+    if [ -f "$data/annotations/instances_val.json" ]; then
+        echo "using the synthetic data set in $data"
+    else
+        echo "generating the synthetic data set in $data ..."
+        (cd "$REPO" && "$PYTHON" -m src.synthetic --out "$data" --overwrite) \
+            || fail "generating the synthetic data set failed"
+    fi
+    local split
+    for split in train val; do
+        if [ -f "$MINDRECORD_DIR/$split/dataset_info.json" ]; then
+            echo "using the $split MindRecord in $MINDRECORD_DIR/$split"
+            continue
+        fi
+        "$PYTHON" "$REPO/create_mindrecord.py" --ann_file "$data/annotations/instances_$split.json" \
+            --image_dir "$data/$split" --output_dir "$MINDRECORD_DIR" --split "$split" \
+            --num_shards 1 --overwrite || fail "converting the $split split failed"
+    done
+}
+
+if [ $# -eq 0 ]; then
+    CONFIG=yolact_plus_demo
+    DEVICE_TARGET=CPU
+    prepare_demo_data
+    EXTRA_ARGS=()
+elif [ $# -eq 1 ]; then
+    usage
+else
+    CONFIG=$1
+    MINDRECORD_DIR=$2
+    DEVICE_TARGET=${3:-CPU}
+    EXTRA_ARGS=("${@:4}")
+    case $CONFIG in
+        *.yaml|*.yml)
+            [ -f "$CONFIG" ] || fail "config file $CONFIG does not exist"
+            CONFIG=$(realpath "$CONFIG") ;;
+    esac
+    [ -d "$MINDRECORD_DIR" ] || fail "MINDRECORD_DIR $MINDRECORD_DIR does not exist"
+    MINDRECORD_DIR=$(realpath "$MINDRECORD_DIR")
+    [ -f "$MINDRECORD_DIR/train/dataset_info.json" ] \
+        || fail "$MINDRECORD_DIR has no train split ($MINDRECORD_DIR/train/dataset_info.json); run create_mindrecord.py --split train"
+fi
+
+case $DEVICE_TARGET in
+    CPU|GPU|Ascend) ;;
+    *) echo "$0: error: DEVICE_TARGET '$DEVICE_TARGET': expected CPU, GPU or Ascend" >&2; usage ;;
+esac
+if [ "$DEVICE_TARGET" != CPU ]; then
+    export DEVICE_ID=${DEVICE_ID:-0}
+fi
+
+# The output folder: train.py's --output_dir when given (the last one wins, as in argparse).
+CONFIG_NAME=$(basename "$CONFIG")
+OUTPUT_DIR=$REPO/output/${CONFIG_NAME%.*}
+for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
+    case ${EXTRA_ARGS[i]} in
+        --output_dir) OUTPUT_DIR=${EXTRA_ARGS[i + 1]} ;;
+        --output_dir=*) OUTPUT_DIR=${EXTRA_ARGS[i]#--output_dir=} ;;
+    esac
+done
+[ -n "$OUTPUT_DIR" ] || usage
+mkdir -p "$OUTPUT_DIR" || fail "cannot create the output folder $OUTPUT_DIR"
+OUTPUT_DIR=$(realpath "$OUTPUT_DIR")
+LOG=$OUTPUT_DIR/train.log
+
+echo "training $CONFIG on $DEVICE_TARGET with $MINDRECORD_DIR; log: $LOG"
+# tee ignores Ctrl+C, so that it still records train.py saving its checkpoint and stopping.
+"$PYTHON" "$REPO/train.py" --config "$CONFIG" --mindrecord_dir "$MINDRECORD_DIR" \
+    --device_target "$DEVICE_TARGET" --output_dir "$OUTPUT_DIR" "${EXTRA_ARGS[@]}" 2>&1 \
+    | (trap '' INT; tee "$LOG")
+STATUS=${PIPESTATUS[0]}
+if [ "$STATUS" -ne 0 ]; then
+    echo "$0: train.py stopped with exit code $STATUS (2: bad input or diverged, 130: interrupted, resume with --resume auto); log: $LOG" >&2
+else
+    echo "log: $LOG"
+fi
+exit "$STATUS"
