@@ -219,9 +219,11 @@ def test_step_with_overflowing_gradients_is_skipped(all_negatives):
     after = all_negatives.snapshot()
     changed = [name for name, old, new in zip(all_negatives.names, before, after)
                if not np.array_equal(old, new)]
-    # Weights, moments and global_step are kept. The forward pass still moves the trained
-    # BatchNorm's running statistics, as in the authors' loop (it skips only the update).
-    assert changed and all("moving_" in name for name in changed), changed
+    # Weights and moments are kept; global_step counts the iteration (it indexes the lr).
+    # The forward pass still moves the trained BatchNorm's running statistics, as in the
+    # authors' loop (it skips only the update).
+    assert changed and all("moving_" in name or name == "global_step" for name in changed), changed
+    assert scalar(after[all_negatives.names.index("global_step")]) == 1
     assert all(np.isfinite(value).all() for value in after)
     all_negatives.restore(loss_scale=1.0)
     [(_, _, finite)] = all_negatives.run(1)

@@ -28,7 +28,8 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
     ``model`` maps images to the raw training outputs, ``loss_fn`` maps (outputs..., targets...)
     to ``(total, terms)``. The loss is scaled before differentiation and the gradients are
     reduced over devices, unscaled and checked: when any gradient or the loss is not finite
-    the update is skipped (the authors skip such steps) and a dynamic scaler lowers its scale.
+    the update is skipped (the authors skip such steps; the optimizer's step counter, which
+    indexes the lr, still advances) and a dynamic scaler lowers its scale.
     Each device normalises its own loss; the reducer averages the gradients.
     """
     def forward(images, *targets):
@@ -45,6 +46,11 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
         finite = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(total))
         if finite:
             total = ops.depend(total, optimizer(grads))
+        else:
+            # The step counter indexes the lr: it counts skipped iterations too, so the lr
+            # follows the iteration as in the authors' loop.
+            total = ops.depend(total, ops.assign_add(optimizer.global_step,
+                                                     ops.ones_like(optimizer.global_step)))
         loss_scaler.adjust(finite)
         return total, terms, finite, loss_scaler.scale_value
 

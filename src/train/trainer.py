@@ -111,7 +111,7 @@ def train(config, options, context):
     iteration = start_iter
     nonfinite = 0
     clock = _Throughput(options.batch_size)
-    applied = _global_step(optimizer)   # updates made by the iterations counted so far
+    steps_run = _global_step(optimizer)   # the optimizer's step counter after the counted iterations
     try:
         while iteration < schedule.max_iter:
             dataset = create_train_dataset(
@@ -123,7 +123,7 @@ def train(config, options, context):
             for batch in dataset.create_tuple_iterator(num_epochs=1):
                 total, terms, finite, scale = step(*batch)
                 is_finite = bool(finite.asnumpy())
-                iteration, applied = iteration + 1, applied + is_finite
+                iteration, steps_run = iteration + 1, steps_run + 1
                 nonfinite = 0 if is_finite else nonfinite + 1
                 if nonfinite > options.max_nonfinite_steps:
                     raise TrainingError(
@@ -139,9 +139,9 @@ def train(config, options, context):
                 if iteration >= schedule.max_iter:
                     break
     except KeyboardInterrupt:
-        if _global_step(optimizer) > applied:
-            # Ctrl+C landed after the step's graph had updated the weights but before the
-            # loop counted the step: count it, so that the checkpoint resumes exactly.
+        if _global_step(optimizer) > steps_run:
+            # Ctrl+C landed after the step's graph had run (and updated the weights) but
+            # before the loop counted the step: count it, so that the checkpoint resumes exactly.
             iteration, nonfinite = iteration + 1, 0
         if nonfinite == 0 and iteration > start_iter:
             writer.save(iteration)
