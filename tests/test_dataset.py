@@ -42,18 +42,18 @@ def _rows(mindrecord_dir):
             for row in dataset.create_dict_iterator(output_numpy=True, num_epochs=1)]
 
 
-def _maker(config, augment, seed=0):
+def _maker(config, augmentation, seed=0):
     loss = config.loss
     return TrainSampleMaker(prior_boxes(config), config.max_size, target_shapes(config),
                             MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
-                            seed=seed, samples_per_epoch=6, augment=augment)
+                            seed=seed, samples_per_epoch=6, augmentation=augmentation)
 
 
 def test_unaugmented_samples_give_back_the_annotations(converted):
     config, mindrecord_dir, paths = converted
     coco = COCO(paths["train_annotations"])
     size = config.max_size
-    maker = _maker(config, augment=False)
+    maker = _maker(config, augmentation="none")
     crowds_seen = 0
     for columns in _rows(mindrecord_dir):
         image, masks, boxes, labels, is_crowd, image_id, _ = maker.sample(*columns)
@@ -82,7 +82,7 @@ def test_unaugmented_samples_give_back_the_annotations(converted):
 
 def test_targets_are_the_matcher_and_masks_of_the_sample(converted):
     config, mindrecord_dir, _ = converted
-    maker = _maker(config, augment=True, seed=3)
+    maker = _maker(config, augmentation="ssd", seed=3)
     shapes = target_shapes(config)
     priors = prior_boxes(config)
     for columns in _rows(mindrecord_dir)[:3]:
@@ -115,7 +115,7 @@ def test_positive_sampling_caps_at_masks_to_train(converted):
     config, mindrecord_dir, _ = converted
     from src.config.schema import replace
     small = replace(config, **{"loss.masks_to_train": 2})
-    maker = _maker(small, augment=False)
+    maker = _maker(small, augmentation="none")
     conf_t, pos_idx, pos_valid = None, None, None
     for columns in _rows(mindrecord_dir):
         outputs = maker(*columns)

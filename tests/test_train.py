@@ -115,7 +115,7 @@ class FixedBatchTraining:
         self.step = make_train_step(self.model, self.loss_fn, self.optimizer, self.scaler,
                                     build_grad_reducer(self.optimizer.parameters, False))
         dataset = create_train_dataset(config, mindrecord_dir, 2, prior_boxes(config),
-                                       num_workers=1, augment=False)
+                                       num_workers=1, augmentation="none")
         self.batch = next(dataset.create_tuple_iterator(num_epochs=1))
         model_state = list(self.model.parameters_and_names())
         self.names = ([name for name, _ in model_state]

@@ -335,3 +335,26 @@ def test_resize_drops_only_degenerate_boxes():
     np.testing.assert_array_equal(out_labels, [1, 2])
     np.testing.assert_allclose(out_boxes[1], [5, 5, 15, 15])
     assert out_masks.shape == (2, 50, 50) and len(out_crowd) == 2
+
+
+def test_light_augmentation_keeps_every_object_and_only_mirrors():
+    size = 64
+    mirrored = 0
+    for seed in range(8):
+        image, masks, boxes, labels, crowd = _synthetic_sample(seed)
+        sample = train_transform(image, masks, boxes, labels, crowd, size,
+                                 np.random.default_rng(seed), augmentation="light")
+        # No crop, no expand: every object survives, scaled to the 64 x 64 input.
+        np.testing.assert_array_equal(sample.labels, labels)
+        scale = np.array([size / 80, size / 64] * 2, np.float32)
+        plain = boxes * scale / size
+        flipped = plain[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1]) + np.array([1, 0, 1, 0])
+        is_flipped = np.allclose(sample.boxes, flipped, atol=1e-6)
+        assert is_flipped or np.allclose(sample.boxes, plain, atol=1e-6)
+        mirrored += is_flipped
+        expected_masks = resize_masks(masks[:, :, ::-1] if is_flipped else masks, size)
+        np.testing.assert_array_equal(sample.masks, expected_masks)
+    assert 0 < mirrored < 8
+    with pytest.raises(ValueError, match="augmentation 'heavy'"):
+        train_transform(image, masks, boxes, labels, crowd, size, np.random.default_rng(0),
+                        augmentation="heavy")

@@ -56,6 +56,7 @@ class DataConfig:
     class_names: Tuple[str, ...] = COCO_CLASSES  # foreground classes; label i = class_names[i]
     max_size: int = 550                         # images are resized to max_size x max_size
     max_num_gt: int = 100                       # G, padded ground-truth slots per image
+    augmentation: str = "ssd"                   # "ssd" (the authors'), "light" (photometric + mirror), "none"
     num_parallel_workers: int = 4               # data pipeline worker processes/threads
 
 

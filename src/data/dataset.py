@@ -19,7 +19,8 @@ from src.data.coco import DatasetError
 from src.data.mindrecord import (decode_image, decode_masks, decode_row, field_bytes,
                                   mindrecord_schema, read_dataset_info, shard_paths)
 from src.data.targets import MatchThresholds, TargetShapes, build_targets
-from src.data.transforms import eval_transform, normalize_image, resize_sample, train_transform
+from src.data.transforms import (AUGMENTATIONS, eval_transform, normalize_image, resize_sample,
+                                 train_transform)
 
 RECORD_COLUMNS = tuple(mindrecord_schema())
 TRAIN_COLUMNS = ("images", "loc_t", "conf_t", "idx_t", "gt_boxes", "gt_labels", "gt_masks",
@@ -49,18 +50,22 @@ class TrainSampleMaker:
         shapes: ``TargetShapes``. thresholds: ``MatchThresholds``.
         seed: with the epoch and the image id, it fixes every random draw of a sample.
         samples_per_epoch: rows of the stream per epoch (its ``position`` column / this = epoch).
-        augment: False gives the un-augmented resize (tests, debugging).
+        augmentation: "ssd" (the authors'), "light" (photometric + mirror) or "none" (the
+            plain resize).
     """
 
     def __init__(self, priors, max_size, shapes, thresholds, seed, samples_per_epoch,
-                 augment=True):
+                 augmentation="ssd"):
         self.priors = priors
         self.max_size = max_size
         self.shapes = shapes
         self.thresholds = thresholds
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
-        self.augment = augment
+        if augmentation not in AUGMENTATIONS + ("none",):
+            raise ValueError(f"data.augmentation '{augmentation}': expected one of "
+                             f"{', '.join(AUGMENTATIONS + ('none',))}")
+        self.augmentation = augmentation
 
     def __call__(self, *columns):
         image, masks, boxes, labels, is_crowd, image_id, rng = self.sample(*columns)
@@ -84,10 +89,11 @@ class TrainSampleMaker:
         rng = np.random.default_rng([self.seed, epoch, row.image_id])
         image = read_image(row.image_bytes, row.ignore_exif_orientation, row.file_name)
         masks = decode_masks(row.mask_rles, row.height, row.width)
-        if self.augment and not row.is_crowd.all():
+        if self.augmentation != "none" and not row.is_crowd.all():
             for _ in range(_AUGMENT_ATTEMPTS):
                 augmented = train_transform(image, masks, row.boxes_abs, row.labels,
-                                            row.is_crowd, self.max_size, rng)
+                                            row.is_crowd, self.max_size, rng,
+                                            augmentation=self.augmentation)
                 if augmented is not None:
                     return tuple(augmented) + (row.image_id, rng)
         resized, masks, boxes_abs, labels, is_crowd = resize_sample(
@@ -136,7 +142,7 @@ class _StreamPosition:
 
 def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, start_iteration=0,
                          num_iterations=None, rank=0, group_size=1, num_workers=None,
-                         augment=True):
+                         augmentation=None):
     """Batches of ``TRAIN_COLUMNS`` for iterations ``[start_iteration, start_iteration +
     num_iterations)`` of this device (across epochs; keep it to tens of epochs per pipeline,
     each epoch is one reader).
@@ -151,7 +157,7 @@ def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, sta
         num_iterations: batches to produce; default one epoch.
         rank, group_size: data-parallel shard of this device.
         num_workers: map workers (processes when > 1); default ``config.data.num_parallel_workers``.
-        augment: the training augmentation (False: plain resize).
+        augmentation: "ssd", "light" or "none"; default ``config.data.augmentation``.
 
     Raises:
         DatasetError: the split has fewer images than one batch per device.
@@ -180,7 +186,8 @@ def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, sta
     loss = config.loss
     maker = TrainSampleMaker(priors, config.max_size, target_shapes(config),
                              MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
-                             seed, samples_per_epoch, augment)
+                             seed, samples_per_epoch,
+                             augmentation or config.data.augmentation)
     workers = num_workers or config.data.num_parallel_workers
     dataset = dataset.map(operations=maker, input_columns=list(RECORD_COLUMNS) + ["position"],
                           output_columns=list(TRAIN_COLUMNS), num_parallel_workers=workers,

@@ -210,22 +210,31 @@ def eval_transform(image, max_size):
     return normalize_image(resized)
 
 
+AUGMENTATIONS = ("ssd", "light")
+
+
 def train_transform(image, masks, boxes_abs, labels, is_crowd, max_size, rng,
-                    discard_box_size=DISCARD_BOX_SIZE) -> Optional[TrainSample]:
+                    discard_box_size=DISCARD_BOX_SIZE, augmentation="ssd") -> Optional[TrainSample]:
     """The authors' SSDAugmentation: photometric, expand, crop, mirror, resize, normalise.
 
     image: [H, W, 3] uint8 or float BGR; masks: [G, H, W] uint8 0/1; boxes_abs: [G, 4]
     (x1, y1, x2, y2) pixels; labels: [G] int; is_crowd: [G] bool.
+    augmentation: "ssd", the authors' whole chain, or "light": photometric and mirror only,
+    no expand and crop (for schedules of a few thousand iterations, where the zoom-out and
+    crops slow learning more than they help).
     Returns a TrainSample, or None when no non-crowd box survives (sample another image).
     """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation '{augmentation}': expected one of {AUGMENTATIONS}")
     image = photometric_distort(image, rng)
     masks = np.asarray(masks, dtype=np.uint8)
     boxes_abs = np.asarray(boxes_abs, dtype=np.float32)
     labels = np.asarray(labels)
     is_crowd = np.asarray(is_crowd, dtype=bool)
-    image, masks, boxes_abs = expand(image, masks, boxes_abs, rng)
-    image, masks, boxes_abs, labels, is_crowd = random_sample_crop(
-        image, masks, boxes_abs, labels, is_crowd, rng)
+    if augmentation == "ssd":
+        image, masks, boxes_abs = expand(image, masks, boxes_abs, rng)
+        image, masks, boxes_abs, labels, is_crowd = random_sample_crop(
+            image, masks, boxes_abs, labels, is_crowd, rng)
     image, masks, boxes_abs = random_mirror(image, masks, boxes_abs, rng)
     image, masks, boxes_abs, labels, is_crowd = resize_sample(
         image, masks, boxes_abs, labels, is_crowd, max_size, discard_box_size)
