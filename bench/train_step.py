@@ -5,6 +5,7 @@ Run from the repository root::
 
     python bench/train_step.py                            # R-50++, 550, batch 2, fast DCN
     python bench/train_step.py --profile --dcn_layers     # + where the time goes
+    python bench/train_step.py --profile heads loss       # + only these groups of pieces
     python bench/train_step.py --configs yolact_plus_base --dcn_impl native --rounds 7
 
 The YOLACT++ step is the code ``train.py`` runs (``src.train.trainer``): ``build_model`` in
@@ -188,6 +189,7 @@ PROFILE_GROUPS = {
     "forward": ("network_forward", "backbone_forward", "loss_forward", "optimizer"),
     "backbone": ("backbone_fwd_bwd",),
     "heads": ("heads_loss_fwd_bwd",),
+    "head_parts": ("fpn_fwd_bwd", "protonet_fwd_bwd", "prediction_head_fwd_bwd"),
     "loss": ("loss_fwd_bwd",),
 }
 
@@ -253,6 +255,18 @@ def profile_stages(group, model, loss_fn, optimizer, batches):
     def loss_total(*outputs_and_targets):
         return loss_fn(*outputs_and_targets)[0]
 
+    def sum_of_means(outputs):
+        return ops.stack([o.mean() for o in outputs]).sum()
+
+    def fpn_total(c3, c4, c5):
+        return sum_of_means(model.fpn(c3, c4, c5))
+
+    def protonet_total(p3):
+        return model.proto_net(p3).mean()
+
+    def prediction_head_total(*levels):
+        return sum_of_means(model.prediction_head(levels))
+
     if group == "grads":
         return [Measured("grads", value_and_grad_runner(total_loss, model.trainable_params()),
                          batches)]
@@ -280,6 +294,23 @@ def profile_stages(group, model, loss_fn, optimizer, batches):
         return [Measured("heads_loss_fwd_bwd",
                          value_and_grad_runner(heads_total, head_params, (0, 1, 2)),
                          [f + t for f, t in zip(features, targets)])]
+    if group == "head_parts":
+        # Each part's own parameters and its inputs get gradients, as inside the step.
+        @ms.jit
+        def fpn_forward(c3, c4, c5):
+            return model.fpn(c3, c4, c5)
+
+        features = [tuple(backbone_forward(*x)) for x in images]
+        levels = [tuple(fpn_forward(*f)) for f in features]
+        num_levels = len(levels[0])
+        return [Measured("fpn_fwd_bwd", value_and_grad_runner(
+                    fpn_total, model.fpn.trainable_params(), (0, 1, 2)), features),
+                Measured("protonet_fwd_bwd", value_and_grad_runner(
+                    protonet_total, model.proto_net.trainable_params(), (0,)),
+                    [(p[0],) for p in levels]),
+                Measured("prediction_head_fwd_bwd", value_and_grad_runner(
+                    prediction_head_total, model.prediction_head.trainable_params(),
+                    tuple(range(num_levels))), levels)]
     if group == "loss":
         maskiou_params = (model.maskiou_net.trainable_params() if model.maskiou_net is not None
                           else None)
@@ -457,6 +488,9 @@ STAGE_LABELS = {
     "optimizer": "  optimizer update alone (Momentum)",
     "backbone_fwd_bwd": "  backbone fwd+bwd (mean-of-outputs loss)",
     "heads_loss_fwd_bwd": "  FPN + heads + loss fwd+bwd on fixed C3-C5",
+    "fpn_fwd_bwd": "    FPN fwd+bwd (mean-of-outputs loss)",
+    "protonet_fwd_bwd": "    protonet fwd+bwd (mean-of-output loss)",
+    "prediction_head_fwd_bwd": "    prediction head fwd+bwd, 5 levels (mean-of-outputs loss)",
     "loss_fwd_bwd": "  loss fwd+bwd on fixed outputs",
 }
 
@@ -584,9 +618,9 @@ def parse_args(argv=None):
                         help="nominal synthetic image side (0.75-1.25x)")
     parser.add_argument("--num_batches", type=int, default=4,
                         help="distinct batches, reused round-robin")
-    parser.add_argument("--profile", action="store_true",
-                        help="also time the pieces of the step (forward, backbone, heads, loss), "
-                             "one process per group of PROFILE_GROUPS")
+    parser.add_argument("--profile", nargs="*", choices=sorted(PROFILE_GROUPS),
+                        help="also time pieces of the step, one process per group (no names: "
+                             "all groups)")
     parser.add_argument("--dcn_layers", action="store_true",
                         help="also time fwd+bwd of one layer per DCN shape: plain vs DCN")
     parser.add_argument("--no_baseline_rss", action="store_true",
@@ -619,8 +653,8 @@ def main(argv=None):
             args.batches_file, inputs = prepare_batches(args, root)
         for name in args.configs:
             step = run_child(args, name)
-            profile = [run_child(args, f"{group}:{name}") for group in PROFILE_GROUPS
-                       if args.profile]
+            groups = [] if args.profile is None else args.profile or list(PROFILE_GROUPS)
+            profile = [run_child(args, f"{group}:{name}") for group in groups]
             results.append((step, profile))
         if args.configs and not args.no_baseline_rss:
             baseline_rss = run_child(args, "baseline")
