@@ -60,8 +60,9 @@ def for_dataset(config, class_names, max_size=None, name=None):
 
 # The built-in CPU demo on the synthetic shapes data set (``python -m src.synthetic``): the
 # YOLACT++ code paths (DCN in every C3-C5 block, all five losses, mask re-scoring) at a size
-# a 2-core CPU trains at ~0.8 s per batch of 8 (it does not yet reach its AP target in 20 min). Objects there are ~10-150 px in
-# ~160 px images, shown at 256: the prior scales are set for that range.
+# a 2-core CPU trains at ~0.8 s per batch of 8 (it does not yet reach its AP target in 20
+# minutes). Objects there are ~10-150 px in ~160 px images, shown at 256: the prior scales are
+# set for that range.
 yolact_plus_demo = replace(
     for_dataset(yolact_plus_resnet50, SYNTHETIC_CLASSES, max_size=256, name="yolact_plus_demo"),
     **{"model.backbone": BackboneConfig(layers=(2, 2, 2, 2), base_width=16,
