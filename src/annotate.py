@@ -25,7 +25,8 @@ def split_pair(value, flag):
 def _check_writable_dir(directory, label):
     directory = directory or "."
     if not os.path.isdir(directory):
-        raise MediaError(f"{directory}: output folder for {label} does not exist")
+        problem = "is not a folder" if os.path.exists(directory) else "does not exist"
+        raise MediaError(f"{directory}: output folder for {label} {problem}")
     if not os.access(directory, os.W_OK):
         raise MediaError(f"{directory}: output folder for {label} is not writable")
 

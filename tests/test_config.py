@@ -48,9 +48,16 @@ def test_yaml_inheritance_and_overrides(tmp_path):
     assert config.model.use_maskiou is False
 
 
+def test_exponent_without_a_dot_is_a_float():
+    """YAML 1.1 reads 1e-3 as a string; a float field still takes it."""
+    config = load_config("yolact_base", ["train.lr=1e-3", "train.grad_clip_norm=10"])
+    assert config.train.lr == 1e-3 and config.train.grad_clip_norm == 10.0
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.nope=1", "unknown config key 'train.nope'"),
     ("train.max_iter=abc", "'train.max_iter' expects int"),
+    ("train.lr=fast", "'train.lr' expects float"),
     ("model.use_maskiou=1", "'model.use_maskiou' expects true/false"),
     ("train=1", "'train' is a section"),
     ("train.lr", "expected section.field=value"),

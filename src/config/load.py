@@ -108,6 +108,12 @@ def _coerce(current, value, key, source):
         return value
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if expected is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if expected is str and isinstance(value, str):

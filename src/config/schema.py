@@ -86,8 +86,10 @@ class TrainConfig:
     lr_steps: Tuple[int, ...] = (280000, 600000, 700000, 750000)
     lr_gamma: float = 0.1
     max_iter: int = 800000
+    optimizer: str = "momentum"                 # "momentum" (the authors' SGD) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    grad_clip_norm: float = 0.0                 # > 0: clip the gradients' global L2 norm to this
     freeze_bn: str = "auto"                     # "auto": frozen when per-device batch < 6; "yes" / "no"
 
 

@@ -6,6 +6,7 @@ import re
 
 import mindspore as ms
 
+from src.train.optimizer import optimizer_state
 from src.utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint_atomic
 
 _ITERATION_KEY = "iteration"
@@ -30,7 +31,7 @@ def list_checkpoints(output_dir, name):
 def _training_state(model, optimizer, loss_scaler):
     """(name, Parameter) pairs that together define where training is."""
     state = [(name, param) for name, param in model.parameters_and_names()]
-    state += [(param.name, param) for param in optimizer.moments]
+    state += [(param.name, param) for param in optimizer_state(optimizer)]
     state.append(("global_step", optimizer.global_step))
     scale_value = getattr(loss_scaler, "scale_value", None)
     counter = getattr(loss_scaler, "counter", None)

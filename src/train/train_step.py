@@ -22,7 +22,7 @@ def build_grad_reducer(params, distributed, group_size=1):
     return nn.DistributedGradReducer(params, mean=True, degree=group_size)
 
 
-def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
+def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer, grad_clip_norm=0.0):
     """Return ``step(images, *targets) -> (total, terms, finite, scale)``.
 
     ``model`` maps images to the raw training outputs, ``loss_fn`` maps (outputs..., targets...)
@@ -31,6 +31,8 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
     the update is skipped (the authors skip such steps; the optimizer's step counter, which
     indexes the lr, still advances) and a dynamic scaler lowers its scale.
     Each device normalises its own loss; the reducer averages the gradients.
+    ``grad_clip_norm`` > 0 rescales finite gradients to at most that global L2 norm (the
+    authors do not clip; from-scratch training tolerates a higher lr with it).
     """
     def forward(images, *targets):
         outputs = model(images)
@@ -44,6 +46,8 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer):
         (_, (total, terms)), grads = grad_fn(images, *targets)
         grads = loss_scaler.unscale(grad_reducer(grads))
         finite = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(total))
+        if grad_clip_norm > 0:
+            grads = ops.clip_by_global_norm(grads, grad_clip_norm)
         if finite:
             total = ops.depend(total, optimizer(grads))
         else:

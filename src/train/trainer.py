@@ -90,11 +90,12 @@ def train(config, options, context):
                            loss_cfg.maskiou_weight, loss_cfg.negpos_ratio, loss_cfg.masks_to_train,
                            loss_cfg.discard_mask_area)
     optimizer = build_optimizer(model.trainable_params(), learning_rates(schedule),
-                                schedule.momentum, schedule.weight_decay)
+                                schedule.momentum, schedule.weight_decay, schedule.optimizer)
     scaler = build_loss_scaler(options.loss_scale)
     step = make_train_step(model, loss_fn, optimizer, scaler,
                            build_grad_reducer(optimizer.parameters, context.distributed,
-                                              context.group_size))
+                                              context.group_size),
+                           config.train.grad_clip_norm)
 
     start_iter = 0
     resume_path = _resume_path(options, config.name)
