@@ -202,34 +202,49 @@ def dcn_layer_shapes(size):
     return shapes
 
 
+def dcn_comparison_layers(channels, stride, rng):
+    """The layers compared per DCN shape: plain 3x3 conv, the offset/mask conv alone, DCN
+    fast and native (their offset convs randomised so sampling is fractional)."""
+    layers = {
+        "plain": nn.Conv2d(channels, channels, 3, stride=stride, pad_mode="pad", padding=1,
+                           has_bias=False),
+        "offset_conv": nn.Conv2d(channels, 27, 3, stride=stride, pad_mode="pad", padding=1),
+        "fast": ModulatedDeformConv2d(channels, channels, stride=stride, impl="fast"),
+        "native": ModulatedDeformConv2d(channels, channels, stride=stride, impl="native"),
+    }
+    for layer in layers.values():
+        randomise_offset_convs(layer, rng)
+    return layers
+
+
+def dcn_layer_row(shape, times):
+    """One table row from ``dcn_layer_shapes``' ``shape`` and {layer: [seconds per round]};
+    ratios are per round (same round's plain conv): robust to the machine's slow drifts."""
+    level, channels, side, stride, n50, n101 = shape
+    return {"level": level, "channels": channels, "side": side, "stride": stride,
+            "n50": n50, "n101": n101,
+            "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+            "over_plain": {k: statistics.median(t / p for t, p in zip(v, times["plain"]))
+                           for k, v in times.items()}}
+
+
 def measure_dcn_layers(args):
     """Child process: one 3x3 layer per backbone DCN shape, plain conv vs DCN fast vs native
     vs the offset/mask conv alone, interleaved per round. Returns a JSON-able dict."""
     init_context("CPU")
     rng = np.random.default_rng(0)
     rows = []
-    for level, channels, side, stride, n50, n101 in dcn_layer_shapes(args.size):
+    for shape in dcn_layer_shapes(args.size):
+        _, channels, side, stride, _, _ = shape
         x = ms.Tensor(rng.standard_normal((args.batch, channels, side, side)), ms.float32)
-        layers = {
-            "plain": nn.Conv2d(channels, channels, 3, stride=stride, pad_mode="pad", padding=1,
-                               has_bias=False),
-            "offset_conv": nn.Conv2d(channels, 27, 3, stride=stride, pad_mode="pad", padding=1),
-            "fast": ModulatedDeformConv2d(channels, channels, stride=stride, impl="fast"),
-            "native": ModulatedDeformConv2d(channels, channels, stride=stride, impl="native"),
-        }
+        layers = dcn_comparison_layers(channels, stride, rng)
         for layer in layers.values():
-            randomise_offset_convs(layer, rng)
             compile_and_warm(layer, (x,), args.warmup)
         times = {name: [] for name in layers}
         for _ in range(args.rounds):
             for name, layer in layers.items():
                 times[name].append(timed(layer, (x,))[0])
-        # Ratios per round (same round's plain conv): robust to the machine's slow drifts.
-        rows.append({"level": level, "channels": channels, "side": side, "stride": stride,
-                     "n50": n50, "n101": n101,
-                     "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
-                     "over_plain": {k: statistics.median(t / p for t, p in zip(v, times["plain"]))
-                                    for k, v in times.items()}})
+        rows.append(dcn_layer_row(shape, times))
     return {"dcn_layers": rows}
 
 
@@ -319,8 +334,10 @@ def print_config_table(results):
               f"{rss['child']:.0f}")
 
 
-def print_dcn_layers(rows):
-    print("\nOne 3x3 layer per DCN shape (ms, median); n = DCN blocks of that shape")
+def print_dcn_layers(rows, title="One 3x3 layer per DCN shape (ms, median)", measured="DCN"):
+    """The per-shape DCN table and each implementation's summed cost over plain convs;
+    ``measured`` names what was timed (also used by bench/train_step.py)."""
+    print(f"\n{title}; n = DCN blocks of that shape")
     print("| level | C | in side | stride | n R-50++ | n R-101++ | plain conv | offset conv | "
           "DCN fast | DCN native | fast / plain | native / plain |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -335,7 +352,7 @@ def print_dcn_layers(rows):
             extra[impl][0] += row["n50"] * (row["over_plain"][impl] - 1) * med["plain"]
             extra[impl][1] += row["n101"] * (row["over_plain"][impl] - 1) * med["plain"]
     for impl, (r50, r101) in extra.items():
-        print(f"DCN {impl}: cost over plain 3x3 convs, summed over the blocks: "
+        print(f"{measured} {impl}: cost over plain 3x3 convs, summed over the blocks: "
               f"R-50++ {r50:.0f} ms, R-101++ {r101:.0f} ms")
     print("fast / plain, native / plain: median over rounds of the layer's time / the plain "
           "conv's time in the same round.")

@@ -49,18 +49,18 @@ os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import nn, ops  # noqa: E402
+from mindspore import ops  # noqa: E402
 
-from bench.forward import (dcn_layer_shapes, machine_description, peak_rss_mb,  # noqa: E402
+from bench.forward import (dcn_comparison_layers, dcn_layer_row, dcn_layer_shapes,  # noqa: E402
+                           machine_description, peak_rss_mb, print_dcn_layers,
                            randomise_offset_convs)
 from src.config.schema import replace  # noqa: E402
 from src.config.variants import VARIANTS  # noqa: E402
 from src.data.coco import load_coco  # noqa: E402
 from src.data.dataset import TRAIN_COLUMNS, create_train_dataset  # noqa: E402
 from src.data.mindrecord import write_mindrecord  # noqa: E402
-from src.losses.multibox_loss import MultiBoxLoss  # noqa: E402
+from src.losses.build import build_loss  # noqa: E402
 from src.model.build import build_model, prior_boxes  # noqa: E402
-from src.model.dcn import ModulatedDeformConv2d  # noqa: E402
 from src.model.resnet import ResNet  # noqa: E402
 from src.synthetic import generate_dataset  # noqa: E402
 from src.train.context import init_context  # noqa: E402
@@ -120,14 +120,6 @@ def backbone_loss(c3, c4, c5):
     """The baseline's loss: the sum of the three outputs' means, and the three terms."""
     terms = ops.stack([c3.mean(), c4.mean(), c5.mean()])
     return terms.sum(), terms
-
-
-def build_loss(config, model):
-    """``MultiBoxLoss`` as ``src.train.trainer.train`` builds it."""
-    loss = config.loss
-    return MultiBoxLoss(config.num_classes, model.maskiou_net, loss.bbox_weight, loss.conf_weight,
-                        loss.mask_weight, loss.semantic_weight, loss.maskiou_weight,
-                        loss.negpos_ratio, loss.masks_to_train, loss.discard_mask_area)
 
 
 def build_step(network, loss_fn, lrs, schedule):
@@ -412,29 +404,17 @@ def measure_dcn_layers(args):
     init_context("CPU")
     rng = np.random.default_rng(SEED)
     rows = []
-    for level, channels, side, stride, n50, n101 in dcn_layer_shapes(args.size):
+    for shape in dcn_layer_shapes(args.size):
+        _, channels, side, stride, _, _ = shape
         x = (ms.Tensor(rng.standard_normal((args.batch, channels, side, side)), ms.float32),)
-        layers = {
-            "plain": nn.Conv2d(channels, channels, 3, stride=stride, pad_mode="pad", padding=1,
-                               has_bias=False),
-            "offset_conv": nn.Conv2d(channels, 27, 3, stride=stride, pad_mode="pad", padding=1),
-            "fast": ModulatedDeformConv2d(channels, channels, stride=stride, impl="fast"),
-            "native": ModulatedDeformConv2d(channels, channels, stride=stride, impl="native"),
-        }
         runners = {}
-        for name, layer in layers.items():
-            randomise_offset_convs(layer, rng)
+        for name, layer in dcn_comparison_layers(channels, stride, rng).items():
             runners[name] = Measured(name, fwd_bwd_layer(layer), [x])
             runners[name].compile_and_warm(args.warmup)
         for _ in range(args.rounds):
             for runner in runners.values():
                 runner.record()
-        walls = {k: [w for w, _ in r.runs] for k, r in runners.items()}
-        rows.append({"level": level, "channels": channels, "side": side, "stride": stride,
-                     "n50": n50, "n101": n101,
-                     "median_ms": {k: 1e3 * statistics.median(v) for k, v in walls.items()},
-                     "over_plain": {k: statistics.median(t / p for t, p in zip(v, walls["plain"]))
-                                    for k, v in walls.items()}})
+        rows.append(dcn_layer_row(shape, {k: [w for w, _ in r.runs] for k, r in runners.items()}))
     return {"dcn_layers": rows}
 
 
@@ -530,7 +510,8 @@ def print_report(args, results, baseline_rss, dcn, inputs):
     if results:
         print_step_table(args, results, baseline_rss, inputs)
     if dcn:
-        print_dcn_layers(dcn["dcn_layers"], args.batch)
+        print_dcn_layers(dcn["dcn_layers"], f"Forward + backward of one 3x3 layer per DCN shape, "
+                         f"batch {args.batch} (ms, median)", measured="DCN fwd+bwd")
 
 
 def print_step_table(args, results, baseline_rss, inputs):
@@ -579,27 +560,6 @@ def print_step_table(args, results, baseline_rss, inputs):
         rss = baseline_rss["rss_mb"]
         print(f"ResNet-50 baseline step alone (own process): peak RSS {rss['baseline']:.0f} MB "
               f"(runtime + batches + lr array {rss['inputs']:.0f} MB)")
-
-
-def print_dcn_layers(rows, batch):
-    print(f"\nForward + backward of one 3x3 layer per DCN shape, batch {batch} (ms, median); "
-          "n = DCN blocks of that shape")
-    print("| level | C | in side | stride | n R-50++ | n R-101++ | plain conv | offset conv | "
-          "DCN fast | DCN native | fast / plain | native / plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    extra = {"fast": [0.0, 0.0], "native": [0.0, 0.0]}
-    for row in rows:
-        med = row["median_ms"]
-        print(f"| {row['level']} | {row['channels']} | {row['side']} | {row['stride']} | "
-              f"{row['n50']} | {row['n101']} | {med['plain']:.1f} | {med['offset_conv']:.1f} | "
-              f"{med['fast']:.1f} | {med['native']:.1f} | {row['over_plain']['fast']:.2f} | "
-              f"{row['over_plain']['native']:.2f} |")
-        for impl in extra:
-            extra[impl][0] += row["n50"] * (row["over_plain"][impl] - 1) * med["plain"]
-            extra[impl][1] += row["n101"] * (row["over_plain"][impl] - 1) * med["plain"]
-    for impl, (r50, r101) in extra.items():
-        print(f"DCN {impl} fwd+bwd: cost over plain 3x3 convs, summed over the blocks: "
-              f"R-50++ {r50:.0f} ms, R-101++ {r101:.0f} ms")
 
 
 def parse_args(argv=None):

@@ -3,8 +3,9 @@
 #
 #   bash scripts/run_standalone_train.sh
 #       the built-in CPU demo: generates the synthetic shapes data set in <repo>/data/synthetic,
-#       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only once) and
-#       trains the yolact_plus_demo config on CPU.
+#       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only once),
+#       trains the yolact_plus_demo config on CPU from scratch, then evaluates the last
+#       checkpoint on the synthetic val split and prints its box and mask AP.
 #   bash scripts/run_standalone_train.sh CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]
 #       CONFIG: a variant name (src/config/variants.py) or a YAML file;
 #       MINDRECORD_DIR: --output_dir of create_mindrecord.py (holds the train split);
@@ -52,9 +53,11 @@ prepare_demo_data() {
     done
 }
 
+DEMO=
 if [ $# -eq 0 ]; then
     CONFIG=yolact_plus_demo
     DEVICE_TARGET=CPU
+    DEMO=1
     prepare_demo_data
     EXTRA_ARGS=()
 elif [ $# -eq 1 ]; then
@@ -98,6 +101,7 @@ OUTPUT_DIR=$(realpath "$OUTPUT_DIR")
 LOG=$OUTPUT_DIR/train.log
 
 echo "training $CONFIG on $DEVICE_TARGET with $MINDRECORD_DIR; log: $LOG"
+TRAIN_START=$SECONDS
 # tee ignores Ctrl+C, so that it still records train.py saving its checkpoint and stopping.
 "$PYTHON" "$REPO/train.py" --config "$CONFIG" --mindrecord_dir "$MINDRECORD_DIR" \
     --device_target "$DEVICE_TARGET" --output_dir "$OUTPUT_DIR" "${EXTRA_ARGS[@]}" 2>&1 \
@@ -105,7 +109,16 @@ echo "training $CONFIG on $DEVICE_TARGET with $MINDRECORD_DIR; log: $LOG"
 STATUS=${PIPESTATUS[0]}
 if [ "$STATUS" -ne 0 ]; then
     echo "$0: train.py stopped with exit code $STATUS (2: bad input or diverged, 130: interrupted, resume with --resume auto); log: $LOG" >&2
-else
-    echo "log: $LOG"
+    exit "$STATUS"
 fi
-exit "$STATUS"
+echo "training took $(((SECONDS - TRAIN_START) / 60)) min $(((SECONDS - TRAIN_START) % 60)) s; log: $LOG"
+[ -n "$DEMO" ] || exit 0
+
+# The demo's last checkpoint is the one train.py names on its last line.
+CKPT=$(sed -n 's/^done; last checkpoint: //p' "$LOG" | tail -n 1)
+[ -f "$CKPT" ] || fail "no checkpoint named at the end of $LOG"
+echo "evaluating $CKPT on the synthetic val split; log: $OUTPUT_DIR/eval.log"
+"$PYTHON" "$REPO/eval.py" --config "$CONFIG" --ckpt "$CKPT" --device_target CPU \
+    --ann_file "$REPO/data/synthetic/annotations/instances_val.json" \
+    --mindrecord_dir "$MINDRECORD_DIR" --split val 2>&1 | tee "$OUTPUT_DIR/eval.log"
+exit "${PIPESTATUS[0]}"

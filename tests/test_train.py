@@ -22,7 +22,7 @@ from mindspore import ops
 from src.data.coco import load_coco
 from src.data.dataset import create_train_dataset
 from src.data.mindrecord import write_mindrecord
-from src.losses.multibox_loss import MultiBoxLoss
+from src.losses.build import build_loss
 from src.model.build import build_model, prior_boxes
 from src.synthetic import CLASS_NAMES, generate_dataset
 from src.train.checkpoint import list_checkpoints
@@ -103,11 +103,7 @@ class FixedBatchTraining:
         ms.set_seed(0)
         self.model = build_model(config, freeze_bn=False)
         self.model.set_train(True)
-        loss = config.loss
-        self.loss_fn = MultiBoxLoss(config.num_classes, self.model.maskiou_net, loss.bbox_weight,
-                                    loss.conf_weight, loss.mask_weight, loss.semantic_weight,
-                                    loss.maskiou_weight, loss.negpos_ratio, loss.masks_to_train,
-                                    loss.discard_mask_area)
+        self.loss_fn = build_loss(config, self.model)
         schedule = config.train
         self.optimizer = build_optimizer(self.model.trainable_params(), learning_rates(schedule),
                                          schedule.momentum, schedule.weight_decay)

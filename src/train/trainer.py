@@ -10,7 +10,7 @@ import mindspore as ms
 
 from src.data.dataset import create_train_dataset, epoch_schedule
 from src.data.mindrecord import read_dataset_info
-from src.losses.multibox_loss import MultiBoxLoss
+from src.losses.build import build_loss
 from src.model.build import build_model, prior_boxes
 from src.train.checkpoint import (checkpoint_path, list_checkpoints, load_backbone_weights,
                                   resume_training, rotate_checkpoints, save_training_checkpoint)
@@ -84,11 +84,7 @@ def train(config, options, context):
         loaded = load_backbone_weights(model, options.backbone_ckpt)
         logger.info("backbone initialised from %s (%d tensors)", options.backbone_ckpt, loaded)
     model.set_train(True)
-    loss_cfg = config.loss
-    loss_fn = MultiBoxLoss(config.num_classes, model.maskiou_net, loss_cfg.bbox_weight,
-                           loss_cfg.conf_weight, loss_cfg.mask_weight, loss_cfg.semantic_weight,
-                           loss_cfg.maskiou_weight, loss_cfg.negpos_ratio, loss_cfg.masks_to_train,
-                           loss_cfg.discard_mask_area)
+    loss_fn = build_loss(config, model)
     optimizer = build_optimizer(model.trainable_params(), learning_rates(schedule),
                                 schedule.momentum, schedule.weight_decay, schedule.optimizer)
     scaler = build_loss_scaler(options.loss_scale)
