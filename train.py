@@ -18,8 +18,9 @@ def parse_args(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=("Ascend", "GPU", "CPU"))
     parser.add_argument("--distribute", action="store_true",
                         help="data-parallel over the devices of msrun / a rank table")
-    parser.add_argument("--batch_size", type=int, default=8,
-                        help="total batch over all devices; lr and schedule scale by bs/8")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="total batch over all devices (0: the config's train.batch_size, "
+                             "8 for the authors' variants); the lr and schedule scale with it")
     parser.add_argument("--max_iter", type=int, default=0,
                         help="stop after this many iterations (0: the scaled schedule)")
     parser.add_argument("--backbone_ckpt", default="",
@@ -76,7 +77,7 @@ def main(argv=None):
         setup_logger(context.rank)
         options = TrainOptions(
             mindrecord_dir=args.mindrecord_dir, output_dir=args.output_dir,
-            batch_size=args.batch_size, max_iter=args.max_iter, backbone_ckpt=args.backbone_ckpt,
+            batch_size=args.batch_size or config.train.batch_size, max_iter=args.max_iter, backbone_ckpt=args.backbone_ckpt,
             resume=args.resume, save_every=args.save_every, keep_last=args.keep_last,
             log_every=args.log_every, seed=args.seed, num_workers=args.num_workers,
             loss_scale=args.loss_scale, amp_level=args.amp_level)

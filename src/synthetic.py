@@ -22,7 +22,7 @@ crowds are always uncompressed RLE. Category ids are 1, 3, ..., 11 (non-contiguo
 Every image draws from its own generator seeded by ``(seed, split, index)``: the output is
 byte-for-byte reproducible, and changing ``num_train`` leaves existing images unchanged.
 
-Usage: ``python -m src.synthetic --out DIR [--num_train 200] [--num_val 50] [--image_size 160]
+Usage: ``python -m src.synthetic --out DIR [--num_train 1600] [--num_val 50] [--image_size 160]
 [--seed 0] [--overwrite]``
 """
 import argparse
@@ -314,7 +314,7 @@ def _prepare_output_dir(out_dir, overwrite):
         raise OSError(f"cannot write to output directory {out_dir}: {error}") from error
 
 
-def generate_dataset(out_dir, num_train=200, num_val=50, image_size=160, seed=0,
+def generate_dataset(out_dir, num_train=1600, num_val=50, image_size=160, seed=0,
                      overwrite=False):
     """Write the synthetic data set (layout in the module docstring).
 
@@ -343,7 +343,7 @@ def main(argv=None):
     """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--num_train", type=int, default=200, help="training images")
+    parser.add_argument("--num_train", type=int, default=1600, help="training images")
     parser.add_argument("--num_val", type=int, default=50, help="validation images")
     parser.add_argument("--image_size", type=int, default=160,
                         help="nominal side in px; each side is drawn in 0.75-1.25 x this")

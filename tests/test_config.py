@@ -54,6 +54,12 @@ def test_exponent_without_a_dot_is_a_float():
     assert config.train.lr == 1e-3 and config.train.grad_clip_norm == 10.0
 
 
+def test_yes_and_no_stay_words_in_string_fields():
+    """YAML 1.1 reads no as False; train.freeze_bn takes auto / yes / no."""
+    assert load_config("yolact_base", ["train.freeze_bn=no"]).train.freeze_bn == "no"
+    assert load_config("yolact_base", ["train.freeze_bn=yes"]).train.freeze_bn == "yes"
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.nope=1", "unknown config key 'train.nope'"),
     ("train.max_iter=abc", "'train.max_iter' expects int"),

@@ -48,3 +48,11 @@ def test_batch_size_scaling():
     odd = scale_for_batch_size(dataclasses.replace(TrainConfig(), max_iter=1001, lr_steps=(501,)), 16)
     assert (odd.max_iter, odd.lr_steps, odd.lr) == (500, (250,), pytest.approx(2e-3))
     assert scale_for_batch_size(TrainConfig(), 8) == TrainConfig()
+
+
+def test_scaling_is_relative_to_the_batch_the_schedule_is_stated_for():
+    stated_for_4 = TrainConfig(batch_size=4, lr=5e-4, max_iter=3000, lr_steps=(2400, 2840))
+    assert scale_for_batch_size(stated_for_4, 4) == stated_for_4
+    doubled = scale_for_batch_size(stated_for_4, 8)
+    assert (doubled.lr, doubled.max_iter, doubled.lr_steps) == (pytest.approx(1e-3), 1500,
+                                                                 (1200, 1420))

@@ -118,6 +118,9 @@ def _coerce(current, value, key, source):
         return value
     if expected is str and isinstance(value, str):
         return value
+    if expected is str and isinstance(value, bool):
+        # YAML 1.1 reads yes/no/on/off as booleans; string fields spell them yes/no.
+        return "yes" if value else "no"
     raise ConfigError(f"{source}: '{key}' expects {expected.__name__}, got {value!r}")
 
 

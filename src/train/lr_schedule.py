@@ -3,21 +3,20 @@ import dataclasses
 
 import numpy as np
 
-AUTHORS_BATCH_SIZE = 8
-
 
 def scale_for_batch_size(train_config, batch_size):
-    """The authors' ``--autoscale``: for a total batch other than 8, scale the lr by bs/8 and
-    divide ``max_iter`` and ``lr_steps`` by bs/8 (floored); the warmup is not scaled.
+    """The authors' ``--autoscale``: for a total batch other than the one the schedule is
+    stated for (``train_config.batch_size``, 8 in the authors' configs), scale the lr by the
+    ratio and divide ``max_iter`` and ``lr_steps`` by it (floored); the warmup is not scaled.
 
     Args:
-        train_config: a ``TrainConfig`` stated for batch 8.
+        train_config: a ``TrainConfig``.
         batch_size: the total batch over all devices.
 
     Returns:
         a ``TrainConfig`` with ``batch_size``, ``lr``, ``max_iter`` and ``lr_steps`` replaced.
     """
-    factor = batch_size / AUTHORS_BATCH_SIZE
+    factor = batch_size / train_config.batch_size
     if factor == 1:
         return dataclasses.replace(train_config, batch_size=batch_size)
     return dataclasses.replace(
