@@ -1,7 +1,7 @@
 """Synthetic COCO-format instance-segmentation data: coloured shapes on textured backgrounds.
 
 The project's demo data set. Each image holds 1-6 shapes (circle, square, triangle, ellipse,
-star, ring) from ~10 px to most of the image, drawn in random order so later shapes occlude
+star, ring) from 20 px to most of the image, drawn in random order so later shapes occlude
 earlier ones; ~10% of images also hold a crowd (a cluster of small same-class shapes, one
 ``iscrowd=1`` annotation). Classes differ by outline, not colour, so a detector must learn shape.
 
@@ -40,7 +40,7 @@ CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(CLASS_NAMES)))  # 1, 3, 5, ...
 SPLITS = ("train", "val")
 
 MAX_OBJECTS = 6
-MIN_SHAPE_PX = 10.0            # smallest shape extent (diameter of its bounding circle)
+MIN_SHAPE_PX = 20.0            # smallest shape extent (diameter of its bounding circle)
 MAX_SHAPE_FRACTION = 0.8       # largest extent, as a fraction of the shorter image side
 SIZE_SKEW = 0.6                # < 1 favours larger shapes on the log-size scale
 MIN_VISIBLE_FRACTION = 0.4     # a placement is rejected if it leaves any shape less visible

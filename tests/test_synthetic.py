@@ -8,8 +8,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.synthetic import (CATEGORY_IDS, CLASS_NAMES, MIN_VISIBLE_PX, generate_dataset, image_rng,
-                           main, mask_to_polygons, render_image, uncompressed_rle)
+from src.synthetic import (CATEGORY_IDS, CLASS_NAMES, MIN_SHAPE_PX, MIN_VISIBLE_PX,
+                           generate_dataset, image_rng, main, mask_to_polygons, render_image,
+                           uncompressed_rle)
 
 SEED = 1
 IMAGE_SIZE = 80
@@ -100,7 +101,8 @@ def test_masks_nonempty_and_bbox_area_match_decoded_mask(dataset):
         assert ann["bbox"] == _numpy_bbox(mask)
         assert ann["bbox"] == mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask))).tolist()
         extents.append(max(ann["bbox"][2:]))
-    assert min(extents) <= 16
+    # Shapes start at MIN_SHAPE_PX (bounding-circle diameter): the smallest boxes are no larger.
+    assert min(extents) <= MIN_SHAPE_PX
     assert max(extents) >= 0.5 * IMAGE_SIZE
 
 
