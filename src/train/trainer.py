@@ -91,7 +91,7 @@ def train(config, options, context):
     step = make_train_step(model, loss_fn, optimizer, scaler,
                            build_grad_reducer(optimizer.parameters, context.distributed,
                                               context.group_size),
-                           config.train.grad_clip_norm)
+                           schedule.grad_clip_norm)
 
     start_iter = 0
     resume_path = _resume_path(options, config.name)
