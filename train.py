@@ -78,9 +78,9 @@ def main(argv=None):
         options = TrainOptions(
             mindrecord_dir=args.mindrecord_dir, output_dir=args.output_dir,
             batch_size=args.batch_size or config.train.batch_size, max_iter=args.max_iter,
-            backbone_ckpt=args.backbone_ckpt, resume=args.resume, save_every=args.save_every, keep_last=args.keep_last,
-            log_every=args.log_every, seed=args.seed, num_workers=args.num_workers,
-            loss_scale=args.loss_scale, amp_level=args.amp_level)
+            backbone_ckpt=args.backbone_ckpt, resume=args.resume, save_every=args.save_every,
+            keep_last=args.keep_last, log_every=args.log_every, seed=args.seed,
+            num_workers=args.num_workers, loss_scale=args.loss_scale, amp_level=args.amp_level)
         last = train(config, options, context)
     except (ConfigError, DatasetError, CheckpointError, TrainingError, ValueError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
