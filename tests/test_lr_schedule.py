@@ -56,3 +56,23 @@ def test_scaling_is_relative_to_the_batch_the_schedule_is_stated_for():
     doubled = scale_for_batch_size(stated_for_4, 8)
     assert (doubled.lr, doubled.max_iter, doubled.lr_steps) == (pytest.approx(1e-3), 1500,
                                                                  (1200, 1420))
+
+
+def test_cosine_decay_values():
+    cfg = TrainConfig(lr=8e-4, warmup_init_lr=1e-4, warmup_iters=100, max_iter=1100,
+                      lr_decay="cosine", lr_steps=(500,))
+    assert learning_rate_at(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate_at(50, cfg) == pytest.approx(4.5e-4)
+    assert learning_rate_at(100, cfg) == pytest.approx(8e-4)          # end of warmup: the peak
+    assert learning_rate_at(350, cfg) == pytest.approx(4e-4 * (1 + 0.5 ** 0.5))  # a quarter: cos 45°
+    assert learning_rate_at(600, cfg) == pytest.approx(4e-4)           # half way: lr / 2, no step
+    assert learning_rate_at(1099, cfg) == pytest.approx(4e-4 * (1 + np.cos(np.pi * 0.999)))
+    rates = learning_rates(cfg)
+    assert np.all(np.diff(rates[100:]) < 0)
+    no_warmup = dataclasses.replace(cfg, warmup_iters=0)
+    assert learning_rate_at(0, no_warmup) == pytest.approx(8e-4)
+
+
+def test_unknown_decay_is_named():
+    with pytest.raises(ValueError, match="train.lr_decay 'linear': expected one of step, cosine"):
+        learning_rate_at(0, TrainConfig(lr_decay="linear"))

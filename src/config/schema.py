@@ -83,6 +83,8 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_init_lr: float = 1e-4
     warmup_iters: int = 500
+    lr_decay: str = "step"                      # after the warmup: "step" (x lr_gamma at each of
+                                                # lr_steps, the authors') or "cosine" (to 0 at max_iter)
     lr_steps: Tuple[int, ...] = (280000, 600000, 700000, 750000)
     lr_gamma: float = 0.1
     max_iter: int = 800000

@@ -1,7 +1,9 @@
-"""Learning-rate schedule: linear warmup, then step decay (the authors' train.py)."""
+"""Learning-rate schedule: linear warmup, then step decay (the authors' train.py) or cosine."""
 import dataclasses
 
 import numpy as np
+
+LR_DECAYS = ("step", "cosine")
 
 
 def scale_for_batch_size(train_config, batch_size):
@@ -35,14 +37,24 @@ def learning_rate_at(iteration, train_config):
     ``lr * gamma ** steps_passed`` when the latest step came at or after the warmup's end,
     and plain ``lr`` when every step so far fell inside the warmup (only tiny schedules
     have that).
+
+    ``lr_decay="cosine"`` keeps the same warmup, then follows half a cosine from ``lr`` at
+    ``warmup_iters`` to 0 at ``max_iter`` (``lr_steps`` unused).
     """
     cfg = train_config
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"train.lr_decay '{cfg.lr_decay}': expected one of {', '.join(LR_DECAYS)}")
+    in_warmup = cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters
+    warmup_lr = cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * iteration / max(cfg.warmup_iters, 1)
+    if cfg.lr_decay == "cosine":
+        if in_warmup:
+            return warmup_lr
+        progress = (iteration - cfg.warmup_iters) / max(cfg.max_iter - cfg.warmup_iters, 1)
+        return cfg.lr * 0.5 * (1.0 + np.cos(np.pi * progress))
     passed = [step for step in cfg.lr_steps if step <= iteration]
     decayed = cfg.lr * cfg.lr_gamma ** len(passed)
-    if cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters:
-        if iteration in cfg.lr_steps:
-            return decayed
-        return (cfg.lr - cfg.warmup_init_lr) * iteration / cfg.warmup_iters + cfg.warmup_init_lr
+    if in_warmup:
+        return decayed if iteration in cfg.lr_steps else warmup_lr
     if passed and (cfg.warmup_iters <= 0 or max(passed) >= cfg.warmup_iters):
         return decayed
     return cfg.lr

@@ -98,10 +98,11 @@ def train(config, options, context):
     if resume_path:
         start_iter = resume_training(resume_path, model, optimizer, scaler)
         logger.info("resumed from %s at iteration %d", resume_path, start_iter)
-    logger.info("%s: %d images, batch %d (%d per device, BN %s), %d iterations, lr %.2e, "
-                "steps %s", config.name, num_images, options.batch_size, per_device_batch,
-                "frozen" if freeze_bn else "trained", schedule.max_iter, schedule.lr,
-                list(schedule.lr_steps))
+    decay = (f"steps {list(schedule.lr_steps)}" if schedule.lr_decay == "step"
+             else f"{schedule.lr_decay} decay")
+    logger.info("%s: %d images, batch %d (%d per device, BN %s), %d iterations, lr %.2e, %s",
+                config.name, num_images, options.batch_size, per_device_batch,
+                "frozen" if freeze_bn else "trained", schedule.max_iter, schedule.lr, decay)
 
     writer = _CheckpointWriter(options, config.name, model, optimizer, scaler, context.rank)
     priors = prior_boxes(config)
