@@ -234,12 +234,15 @@ def _logged_totals(caplog_text):
             re.findall(r"iter (\d+)/\d+ \|.*?\| total ([-\d.naif]+) \|", caplog_text)}
 
 
-def test_resume_replays_the_uninterrupted_run(six_images, tmp_path, caplog):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_replays_the_uninterrupted_run(ema_decay, six_images, tmp_path, caplog):
     """4 steps straight == 2 steps, a new process state from the checkpoint, 2 more steps;
     BatchNorm is trained so its running statistics must be restored too, and step 4 starts
-    the second epoch (6 images, batch 2)."""
+    the second epoch (6 images, batch 2). With a weight average the checkpoint's model
+    weights are the average and the trained weights go under live.<name>."""
     caplog.set_level("INFO", logger="yolact")
-    config = tiny_config(num_classes=NUM_CLASSES, **{"train.freeze_bn": "no"})
+    config = tiny_config(num_classes=NUM_CLASSES, **{"train.freeze_bn": "no",
+                                                     "train.ema_decay": ema_decay})
 
     def run(output_dir, max_iter, resume=""):
         caplog.clear()
@@ -270,6 +273,17 @@ def test_resume_replays_the_uninterrupted_run(six_images, tmp_path, caplog):
     assert scalar(state["loss_scale.counter"]) == 4
     assert any(name.endswith("moving_mean") for name in state)
     assert any(name.startswith("moments.") and np.any(value) for name, value in state.items())
+    live = sorted(name for name in state if name.startswith("live."))
+    model_names = sorted(name for name in state if name.split(".")[0] in MODEL_MODULES)
+    if ema_decay:
+        assert live == ["live." + name for name in model_names]
+        assert scalar(state["ema.num_updates"]) == 4
+        averaged = [name for name in model_names
+                    if not np.array_equal(state[name], state["live." + name])]
+        assert any(name.endswith("moving_mean") for name in averaged)
+        assert len(averaged) > 0.9 * len(model_names)
+    else:
+        assert live == [] and "ema.num_updates" not in state
 
 
 def run_train_py(args, timeout=180):

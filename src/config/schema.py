@@ -92,6 +92,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     grad_clip_norm: float = 0.0                 # > 0: clip the gradients' global L2 norm to this
+    ema_decay: float = 0.0                      # > 0: checkpoints hold this moving average of the weights
     freeze_bn: str = "auto"                     # "auto": frozen when per-device batch < 6; "yes" / "no"
 
 

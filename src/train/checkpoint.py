@@ -6,6 +6,7 @@ import re
 
 import mindspore as ms
 
+from src.train.ema import LIVE_PREFIX
 from src.train.optimizer import optimizer_state
 from src.utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint_atomic
 
@@ -28,9 +29,18 @@ def list_checkpoints(output_dir, name):
     return [path for _, path in sorted(found)]
 
 
-def _training_state(model, optimizer, loss_scaler):
-    """(name, Parameter) pairs that together define where training is."""
-    state = [(name, param) for name, param in model.parameters_and_names()]
+def _training_state(model, optimizer, loss_scaler, weight_average=None):
+    """(name, Parameter) pairs that together define where training is.
+
+    With a ``weight_average`` the model's names hold the average (what evaluation loads)
+    and ``live.<name>`` the weights being trained.
+    """
+    if weight_average is None:
+        state = [(name, param) for name, param in model.parameters_and_names()]
+    else:
+        state = weight_average.named_averages()
+        state += [(LIVE_PREFIX + name, param) for name, param in model.parameters_and_names()]
+        state.append((weight_average.num_updates.name, weight_average.num_updates))
     state += [(param.name, param) for param in optimizer_state(optimizer)]
     state.append(("global_step", optimizer.global_step))
     scale_value = getattr(loss_scaler, "scale_value", None)
@@ -41,10 +51,10 @@ def _training_state(model, optimizer, loss_scaler):
     return state
 
 
-def save_training_checkpoint(path, model, optimizer, loss_scaler, iteration):
+def save_training_checkpoint(path, model, optimizer, loss_scaler, iteration, weight_average=None):
     """Write everything needed to continue at ``iteration`` (the next step to run)."""
     entries = [{"name": name, "data": param} for name, param in
-               _training_state(model, optimizer, loss_scaler)]
+               _training_state(model, optimizer, loss_scaler, weight_average)]
     save_checkpoint_atomic(entries, path, append_dict={_ITERATION_KEY: int(iteration)})
 
 
@@ -56,8 +66,9 @@ def rotate_checkpoints(output_dir, name, keep_last):
         os.remove(path)
 
 
-def resume_training(path, model, optimizer, loss_scaler):
-    """Restore a checkpoint written by ``save_training_checkpoint``.
+def resume_training(path, model, optimizer, loss_scaler, weight_average=None):
+    """Restore a checkpoint written by ``save_training_checkpoint`` (with the same
+    ``weight_average`` setting).
 
     Returns:
         the iteration to continue from.
@@ -72,14 +83,15 @@ def resume_training(path, model, optimizer, loss_scaler):
         raise CheckpointError(f"{path}: not a training checkpoint (no iteration / optimizer "
                               "state); pass model weights to eval.py, or an ImageNet backbone "
                               "to --backbone_ckpt")
-    expected = dict(_training_state(model, optimizer, loss_scaler))
+    expected = dict(_training_state(model, optimizer, loss_scaler, weight_average))
     missing = [name for name in expected if name not in params]
     mis_shaped = [name for name, param in expected.items()
                   if name in params and tuple(params[name].shape) != tuple(param.shape)]
     if missing or mis_shaped:
         shown = ", ".join((missing + mis_shaped)[:5])
         raise CheckpointError(f"{path}: does not fit this model/optimizer (a checkpoint of "
-                              f"another config?): {len(missing)} missing, {len(mis_shaped)} "
+                              f"another config, or another train.ema_decay / train.optimizer "
+                              f"setting?): {len(missing)} missing, {len(mis_shaped)} "
                               f"mis-shaped, e.g. {shown}")
     for name, param in expected.items():
         param.set_data(ms.Tensor(params[name].asnumpy()))

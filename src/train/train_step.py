@@ -22,7 +22,8 @@ def build_grad_reducer(params, distributed, group_size=1):
     return nn.DistributedGradReducer(params, mean=True, degree=group_size)
 
 
-def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer, grad_clip_norm=0.0):
+def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer, grad_clip_norm=0.0,
+                    weight_average=None):
     """Return ``step(images, *targets) -> (total, terms, finite, scale)``.
 
     ``model`` maps images to the raw training outputs, ``loss_fn`` maps (outputs..., targets...)
@@ -33,6 +34,7 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer, grad_c
     Each device normalises its own loss; the reducer averages the gradients.
     ``grad_clip_norm`` > 0 rescales finite gradients to at most that global L2 norm (the
     authors do not clip; from-scratch training tolerates a higher lr with it).
+    ``weight_average`` (a ``src.train.ema.WeightAverage``) is updated after each applied update.
     """
     def forward(images, *targets):
         outputs = model(images)
@@ -50,6 +52,8 @@ def make_train_step(model, loss_fn, optimizer, loss_scaler, grad_reducer, grad_c
             grads = ops.clip_by_global_norm(grads, grad_clip_norm)
         if finite:
             total = ops.depend(total, optimizer(grads))
+            if weight_average is not None:
+                total = ops.depend(total, weight_average())
         else:
             # The step counter indexes the lr: it counts skipped iterations too, so the lr
             # follows the iteration as in the authors' loop.

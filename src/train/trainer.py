@@ -14,6 +14,7 @@ from src.losses.build import build_loss
 from src.model.build import build_model, prior_boxes
 from src.train.checkpoint import (checkpoint_path, list_checkpoints, load_backbone_weights,
                                   resume_training, rotate_checkpoints, save_training_checkpoint)
+from src.train.ema import WeightAverage
 from src.train.lr_schedule import learning_rate_at, learning_rates, scale_for_batch_size
 from src.train.optimizer import build_optimizer
 from src.train.train_step import build_grad_reducer, build_loss_scaler, make_train_step
@@ -88,15 +89,16 @@ def train(config, options, context):
     optimizer = build_optimizer(model.trainable_params(), learning_rates(schedule),
                                 schedule.momentum, schedule.weight_decay, schedule.optimizer)
     scaler = build_loss_scaler(options.loss_scale)
+    weight_average = WeightAverage(model, schedule.ema_decay) if schedule.ema_decay else None
     step = make_train_step(model, loss_fn, optimizer, scaler,
                            build_grad_reducer(optimizer.parameters, context.distributed,
                                               context.group_size),
-                           schedule.grad_clip_norm)
+                           schedule.grad_clip_norm, weight_average)
 
     start_iter = 0
     resume_path = _resume_path(options, config.name)
     if resume_path:
-        start_iter = resume_training(resume_path, model, optimizer, scaler)
+        start_iter = resume_training(resume_path, model, optimizer, scaler, weight_average)
         logger.info("resumed from %s at iteration %d", resume_path, start_iter)
     decay = (f"steps {list(schedule.lr_steps)}" if schedule.lr_decay == "step"
              else f"{schedule.lr_decay} decay")
@@ -104,7 +106,8 @@ def train(config, options, context):
                 config.name, num_images, options.batch_size, per_device_batch,
                 "frozen" if freeze_bn else "trained", schedule.max_iter, schedule.lr, decay)
 
-    writer = _CheckpointWriter(options, config.name, model, optimizer, scaler, context.rank)
+    writer = _CheckpointWriter(options, config.name, model, optimizer, scaler, weight_average,
+                               context.rank)
     priors = prior_boxes(config)
     iteration = start_iter
     nonfinite = 0
@@ -165,9 +168,10 @@ class _CheckpointWriter:
     """Saves on rank 0 only (the ranks hold identical weights), then rotates old files;
     with ``save_all_ranks`` rank r > 0 also saves, in ``output_dir/rank_r``."""
 
-    def __init__(self, options, name, model, optimizer, scaler, rank):
+    def __init__(self, options, name, model, optimizer, scaler, weight_average, rank):
         self.options, self.name = options, name
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.weight_average = weight_average
         self.writes = rank == 0 or options.save_all_ranks
         self.output_dir = (os.path.join(options.output_dir, f"rank_{rank}")
                            if rank > 0 and options.save_all_ranks else options.output_dir)
@@ -176,7 +180,8 @@ class _CheckpointWriter:
     def save(self, iteration):
         path = checkpoint_path(self.output_dir, self.name, iteration)
         if self.writes:
-            save_training_checkpoint(path, self.model, self.optimizer, self.scaler, iteration)
+            save_training_checkpoint(path, self.model, self.optimizer, self.scaler, iteration,
+                                     self.weight_average)
             rotate_checkpoints(self.output_dir, self.name, self.options.keep_last)
             logger.info("saved %s", path)
         self.last_path, self.last_iteration = path, iteration
