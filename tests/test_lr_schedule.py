@@ -64,7 +64,8 @@ def test_cosine_decay_values():
     assert learning_rate_at(0, cfg) == pytest.approx(1e-4)
     assert learning_rate_at(50, cfg) == pytest.approx(4.5e-4)
     assert learning_rate_at(100, cfg) == pytest.approx(8e-4)          # end of warmup: the peak
-    assert learning_rate_at(350, cfg) == pytest.approx(4e-4 * (1 + 0.5 ** 0.5))  # a quarter: cos 45°
+    # a quarter of the way: cos 45°
+    assert learning_rate_at(350, cfg) == pytest.approx(4e-4 * (1 + 0.5 ** 0.5))
     assert learning_rate_at(600, cfg) == pytest.approx(4e-4)           # half way: lr / 2, no step
     assert learning_rate_at(1099, cfg) == pytest.approx(4e-4 * (1 + np.cos(np.pi * 0.999)))
     rates = learning_rates(cfg)
@@ -74,5 +75,6 @@ def test_cosine_decay_values():
 
 
 def test_unknown_decay_is_named():
-    with pytest.raises(ValueError, match="train.lr_decay 'linear': expected one of step, cosine"):
+    with pytest.raises(ValueError,
+                       match="train.lr_decay 'linear': expected one of step, cosine"):
         learning_rate_at(0, TrainConfig(lr_decay="linear"))

@@ -45,7 +45,8 @@ def learning_rate_at(iteration, train_config):
     if cfg.lr_decay not in LR_DECAYS:
         raise ValueError(f"train.lr_decay '{cfg.lr_decay}': expected one of {', '.join(LR_DECAYS)}")
     in_warmup = cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters
-    warmup_lr = cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * iteration / max(cfg.warmup_iters, 1)
+    warmup_lr = (cfg.warmup_init_lr
+                 + (cfg.lr - cfg.warmup_init_lr) * iteration / max(cfg.warmup_iters, 1))
     if cfg.lr_decay == "cosine":
         if in_warmup:
             return warmup_lr
