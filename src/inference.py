@@ -56,7 +56,8 @@ def build_inference_net(config, model):
     ev = config.eval
     net = InferenceNet(model, Detect(config.num_classes, score_threshold=ev.score_threshold,
                                      nms_threshold=ev.nms_threshold, top_k=ev.top_k,
-                                     max_detections=ev.max_detections))
+                                     max_detections=ev.max_detections,
+                                     cross_class_nms=ev.cross_class_nms))
     net.set_train(False)
     return net
 

@@ -210,3 +210,56 @@ def test_matches_numpy_reference_on_random_inputs(random_case):
         np.testing.assert_allclose(boxes[b, :n], ref_boxes, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(coeffs[b, :n], ref_coeffs)
         assert not valid[b, n:].any() and np.all(scores[b, n:] == 0)
+
+
+def test_cross_class_nms_keeps_one_box_per_object_with_its_best_class():
+    detect = Detect(NUM_CLASSES, score_threshold=0.05, nms_threshold=0.5, top_k=TOP_K,
+                    max_detections=MAX_DETECTIONS, cross_class_nms=True)
+    box = (0.125, 0.125, 0.625, 0.5)
+    shifted = (0.25, 0.125, 0.75, 0.5)     # IoU with box = 0.375 / 0.625 = 0.6
+    apart = (0.0, 0.5, 0.5, 1.0)           # IoU with box = 0
+    scene = _scene([(box, (0.1, 0.2, 0.7)), (shifted, (0.1, 0.8, 0.1)),
+                    (apart, (0.5, 0.3, 0.2))])
+    outs, coeff = _run(detect, [scene, _scene([])])
+    boxes, classes, scores, coeffs = _valid_rows(outs, 0)
+    # Per class, prior 0 would survive in class 1 (0.7) and prior 1 in class 0 (0.8); across
+    # classes prior 1 (best 0.8) suppresses prior 0. Each survivor reports only its best class.
+    np.testing.assert_array_equal(classes, [0, 0])
+    np.testing.assert_array_equal(scores, np.float32([0.8, 0.3]))
+    np.testing.assert_array_equal(boxes, np.float32([shifted, apart]))
+    np.testing.assert_array_equal(coeffs, coeff[0, [1, 2]])
+    assert not outs[4][1].any()
+
+
+def reference_cc_fast_nms(loc, conf, coeff, priors, score_threshold, nms_threshold, top_k):
+    """The authors' Detect with ``use_cross_class_nms`` (``cc_fast_nms``) for one image, numpy."""
+    boxes = decode(loc, priors)
+    fg_scores = conf[:, 1:]
+    keep = fg_scores.max(axis=1) > score_threshold
+    scores, classes = fg_scores[keep].max(axis=1), fg_scores[keep].argmax(axis=1)
+    boxes, coeff = boxes[keep], coeff[keep]
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    iou = np.triu(pairwise_iou(boxes[order], boxes[order]), k=1)
+    survivors = order[iou.max(axis=0, initial=0.0) <= nms_threshold]
+    return boxes[survivors], classes[survivors], scores[survivors], coeff[survivors]
+
+
+def test_cross_class_nms_matches_numpy_reference_on_random_inputs(random_case):
+    loc, conf, coeff, priors = random_case
+    top_k = 50
+    detect = Detect(5, score_threshold=0.05, nms_threshold=0.5, top_k=top_k,
+                    max_detections=top_k, cross_class_nms=True)
+    boxes, classes, scores, coeffs, valid = [o.asnumpy() for o in detect(
+        Tensor(loc), Tensor(conf), Tensor(coeff), Tensor(priors))]
+    for b in range(loc.shape[0]):
+        ref_boxes, ref_classes, ref_scores, ref_coeffs = reference_cc_fast_nms(
+            loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k)
+        n = len(ref_scores)
+        assert 0 < n < min((conf[b, :, 1:].max(-1) > 0.05).sum(), top_k)  # some suppressed
+        assert len(set(ref_classes)) > 1
+        assert int(valid[b].sum()) == n
+        np.testing.assert_array_equal(classes[b, :n], ref_classes)
+        np.testing.assert_allclose(scores[b, :n], ref_scores, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(boxes[b, :n], ref_boxes, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(coeffs[b, :n], ref_coeffs)
+        assert not valid[b, n:].any() and np.all(scores[b, n:] == 0)

@@ -102,6 +102,7 @@ class EvalConfig:
     score_threshold: float = 0.05               # keep a prior whose best foreground score exceeds this
     nms_threshold: float = 0.5                  # Fast NMS IoU threshold, per class
     top_k: int = 200                            # candidates per class before NMS
+    cross_class_nms: bool = False               # one NMS over all classes (authors' --cross_class_nms)
     max_detections: int = 100                   # D, detections kept per image
     mask_threshold: float = 0.5                 # binarisation of the upsampled soft masks
 
