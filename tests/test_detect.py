@@ -62,6 +62,16 @@ def _valid_rows(outs, image):
     return boxes[:n], classes[:n], scores[:n], coeffs[:n]
 
 
+def _assert_detections(outs, coeff, image, classes, scores, boxes, priors, box_atol=0.0):
+    """Image ``image``'s valid rows are ``classes``/``scores``/``boxes``, with the coefficients
+    of ``priors``; scores, classes and coefficients exactly."""
+    got_boxes, got_classes, got_scores, got_coeffs = _valid_rows(outs, image)
+    np.testing.assert_array_equal(got_classes, classes)
+    np.testing.assert_array_equal(got_scores, np.float32(scores))
+    np.testing.assert_allclose(got_boxes, np.float32(boxes), rtol=0, atol=box_atol)
+    np.testing.assert_array_equal(got_coeffs, coeff[image, list(priors)])
+
+
 def _scene(kept):
     """kept: list of (box, conf row); the remaining priors are not kept (grid boxes)."""
     boxes = [k[0] for k in kept]
@@ -79,17 +89,10 @@ def test_nms_threshold_is_inclusive_at_half(small_detect):
     conf_a, conf_b = (0.09, 0.9, 0.01), (0.18, 0.8, 0.02)
     outs, coeff = _run(small_detect, [_scene([(box_a, conf_a), (half, conf_b)]),
                                       _scene([(box_a, conf_a), (above, conf_b)])])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 0)
     # Kept priors also enter class 1 with their small scores; there B (0.02) ranks before A.
-    np.testing.assert_array_equal(classes, [0, 0, 1, 1])
-    np.testing.assert_array_equal(scores, np.float32([0.9, 0.8, 0.02, 0.01]))
-    np.testing.assert_array_equal(boxes, np.float32([box_a, half, half, box_a]))
-    np.testing.assert_array_equal(coeffs, coeff[0, [0, 1, 1, 0]])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 1)
-    np.testing.assert_array_equal(classes, [0, 1])
-    np.testing.assert_array_equal(scores, np.float32([0.9, 0.02]))
-    np.testing.assert_allclose(boxes, np.float32([box_a, above]), atol=1e-6)
-    np.testing.assert_array_equal(coeffs, coeff[1, [0, 1]])
+    _assert_detections(outs, coeff, 0, [0, 0, 1, 1], [0.9, 0.8, 0.02, 0.01],
+                       [box_a, half, half, box_a], [0, 1, 1, 0])
+    _assert_detections(outs, coeff, 1, [0, 1], [0.9, 0.02], [box_a, above], [0, 1], box_atol=1e-6)
 
 
 def test_same_box_in_two_classes_is_kept_twice_and_nothing_kept_gives_no_detection(small_detect):
@@ -99,12 +102,8 @@ def test_same_box_in_two_classes_is_kept_twice_and_nothing_kept_gives_no_detecti
     scene[1][2], scene[0][2] = (0.96, 0.04, 0.0), box
     empty = _scene([])
     outs, coeff = _run(small_detect, [scene, empty])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 0)
     # Class 0: prior 0 (0.8) suppresses prior 1 (0.1); class 1: prior 1 (0.7) suppresses prior 0.
-    np.testing.assert_array_equal(classes, [0, 1])
-    np.testing.assert_array_equal(scores, np.float32([0.8, 0.7]))
-    np.testing.assert_array_equal(boxes, np.float32([box, box]))
-    np.testing.assert_array_equal(coeffs, coeff[0, [0, 1]])
+    _assert_detections(outs, coeff, 0, [0, 1], [0.8, 0.7], [box, box], [0, 1])
     assert not outs[4][1].any()
     assert np.all(outs[0][1] == 0) and np.all(outs[2][1] == 0) and np.all(outs[3][1] == 0)
 
@@ -119,18 +118,11 @@ def test_fast_nms_suppresses_through_a_removed_box_and_threshold_uses_best_foreg
     # best 0.06 passes and reports its 0.01 class as well (no per-class threshold).
     threshold = _scene([(GRID_BOXES[0], (0.92, 0.04, 0.04)), (GRID_BOXES[1], (0.93, 0.06, 0.01))])
     outs, coeff = _run(small_detect, [chain, threshold])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 0)
     # Classic NMS would keep C in class 0 (only B, itself removed, overlaps it) and A in
     # class 1 (order C, B, A); Fast NMS keeps neither.
-    np.testing.assert_array_equal(classes, [0, 1])
-    np.testing.assert_array_equal(scores, np.float32([0.9, 0.03]))
-    np.testing.assert_array_equal(boxes, np.float32([box_a, box_c]))
-    np.testing.assert_array_equal(coeffs, coeff[0, [0, 2]])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 1)
-    np.testing.assert_array_equal(classes, [0, 1])
-    np.testing.assert_array_equal(scores, np.float32([0.06, 0.01]))
-    np.testing.assert_allclose(boxes, np.float32([GRID_BOXES[1]] * 2), atol=1e-6)
-    np.testing.assert_array_equal(coeffs, coeff[1, [1, 1]])
+    _assert_detections(outs, coeff, 0, [0, 1], [0.9, 0.03], [box_a, box_c], [0, 2])
+    _assert_detections(outs, coeff, 1, [0, 1], [0.06, 0.01], [GRID_BOXES[1]] * 2,
+                       [1, 1], box_atol=1e-6)
 
 
 def test_top_k_per_class_and_max_detections(small_detect):
@@ -186,30 +178,38 @@ def random_case():
     return loc, conf.astype(np.float32), coeff, priors
 
 
+def _assert_equals_reference(outputs, image, reference):
+    """outputs: Detect's five arrays as numpy; reference: (boxes, classes, scores, coeffs) of
+    one image from a numpy reference. Valid rows equal it, the rest is empty."""
+    boxes, classes, scores, coeffs, valid = (o[image] for o in outputs)
+    ref_boxes, ref_classes, ref_scores, ref_coeffs = reference
+    n = len(ref_scores)
+    assert int(valid.sum()) == n
+    np.testing.assert_array_equal(classes[:n], ref_classes)
+    np.testing.assert_allclose(scores[:n], ref_scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(boxes[:n], ref_boxes, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(coeffs[:n], ref_coeffs)
+    assert not valid[n:].any() and np.all(scores[n:] == 0)
+
+
 def test_matches_numpy_reference_on_random_inputs(random_case):
     loc, conf, coeff, priors = random_case
     num_priors = priors.shape[0]
     top_k, max_detections = 50, 60
     detect = Detect(5, score_threshold=0.05, nms_threshold=0.5, top_k=top_k,
                     max_detections=max_detections)
-    boxes, classes, scores, coeffs, valid = [o.asnumpy() for o in detect(
-        Tensor(loc), Tensor(conf), Tensor(coeff), Tensor(priors))]
+    outputs = [o.asnumpy() for o in detect(Tensor(loc), Tensor(conf), Tensor(coeff),
+                                           Tensor(priors))]
     for b in range(loc.shape[0]):
-        ref_boxes, ref_classes, ref_scores, ref_coeffs = reference_fast_nms(
-            loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k, max_detections)
-        n = len(ref_scores)
+        reference = reference_fast_nms(loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k,
+                                       max_detections)
         kept_priors = (conf[b, :, 1:].max(-1) > 0.05).sum()
         survivors = len(reference_fast_nms(loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k,
                                            num_priors * 4)[2])
         # The case exercises suppression, the max-detections cut and both sides of top_k.
         assert (kept_priors > top_k) == (b == 0)
         assert max_detections < survivors < 4 * min(kept_priors, top_k)
-        assert int(valid[b].sum()) == n
-        np.testing.assert_array_equal(classes[b, :n], ref_classes)
-        np.testing.assert_allclose(scores[b, :n], ref_scores, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(boxes[b, :n], ref_boxes, rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(coeffs[b, :n], ref_coeffs)
-        assert not valid[b, n:].any() and np.all(scores[b, n:] == 0)
+        _assert_equals_reference(outputs, b, reference)
 
 
 def test_cross_class_nms_keeps_one_box_per_object_with_its_best_class():
@@ -221,13 +221,9 @@ def test_cross_class_nms_keeps_one_box_per_object_with_its_best_class():
     scene = _scene([(box, (0.1, 0.2, 0.7)), (shifted, (0.1, 0.8, 0.1)),
                     (apart, (0.5, 0.3, 0.2))])
     outs, coeff = _run(detect, [scene, _scene([])])
-    boxes, classes, scores, coeffs = _valid_rows(outs, 0)
     # Per class, prior 0 would survive in class 1 (0.7) and prior 1 in class 0 (0.8); across
     # classes prior 1 (best 0.8) suppresses prior 0. Each survivor reports only its best class.
-    np.testing.assert_array_equal(classes, [0, 0])
-    np.testing.assert_array_equal(scores, np.float32([0.8, 0.3]))
-    np.testing.assert_array_equal(boxes, np.float32([shifted, apart]))
-    np.testing.assert_array_equal(coeffs, coeff[0, [1, 2]])
+    _assert_detections(outs, coeff, 0, [0, 0], [0.8, 0.3], [shifted, apart], [1, 2])
     assert not outs[4][1].any()
 
 
@@ -249,17 +245,11 @@ def test_cross_class_nms_matches_numpy_reference_on_random_inputs(random_case):
     top_k = 50
     detect = Detect(5, score_threshold=0.05, nms_threshold=0.5, top_k=top_k,
                     max_detections=top_k, cross_class_nms=True)
-    boxes, classes, scores, coeffs, valid = [o.asnumpy() for o in detect(
-        Tensor(loc), Tensor(conf), Tensor(coeff), Tensor(priors))]
+    outputs = [o.asnumpy() for o in detect(Tensor(loc), Tensor(conf), Tensor(coeff),
+                                           Tensor(priors))]
     for b in range(loc.shape[0]):
-        ref_boxes, ref_classes, ref_scores, ref_coeffs = reference_cc_fast_nms(
-            loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k)
-        n = len(ref_scores)
-        assert 0 < n < min((conf[b, :, 1:].max(-1) > 0.05).sum(), top_k)  # some suppressed
-        assert len(set(ref_classes)) > 1
-        assert int(valid[b].sum()) == n
-        np.testing.assert_array_equal(classes[b, :n], ref_classes)
-        np.testing.assert_allclose(scores[b, :n], ref_scores, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(boxes[b, :n], ref_boxes, rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(coeffs[b, :n], ref_coeffs)
-        assert not valid[b, n:].any() and np.all(scores[b, n:] == 0)
+        reference = reference_cc_fast_nms(loc[b], conf[b], coeff[b], priors, 0.05, 0.5, top_k)
+        # Some priors suppressed, more than one class among the survivors.
+        assert 0 < len(reference[2]) < min((conf[b, :, 1:].max(-1) > 0.05).sum(), top_k)
+        assert len(set(reference[1])) > 1
+        _assert_equals_reference(outputs, b, reference)
