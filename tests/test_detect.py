@@ -181,15 +181,13 @@ def random_case():
 def _assert_equals_reference(outputs, image, reference):
     """outputs: Detect's five arrays as numpy; reference: (boxes, classes, scores, coeffs) of
     one image from a numpy reference. Valid rows equal it, the rest is empty."""
-    boxes, classes, scores, coeffs, valid = (o[image] for o in outputs)
+    boxes, classes, scores, coeffs = _valid_rows(outputs, image)
     ref_boxes, ref_classes, ref_scores, ref_coeffs = reference
-    n = len(ref_scores)
-    assert int(valid.sum()) == n
-    np.testing.assert_array_equal(classes[:n], ref_classes)
-    np.testing.assert_allclose(scores[:n], ref_scores, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(boxes[:n], ref_boxes, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(coeffs[:n], ref_coeffs)
-    assert not valid[n:].any() and np.all(scores[n:] == 0)
+    assert len(scores) == len(ref_scores)
+    np.testing.assert_array_equal(classes, ref_classes)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(boxes, ref_boxes, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(coeffs, ref_coeffs)
 
 
 def test_matches_numpy_reference_on_random_inputs(random_case):

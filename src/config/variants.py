@@ -61,13 +61,14 @@ def for_dataset(config, class_names, max_size=None, name=None):
 # The built-in CPU demo on the synthetic shapes data set (``python -m src.synthetic``): the
 # YOLACT++ code paths (DCN in the last block of C3, C4 and C5, all five losses, mask
 # re-scoring) at a size a 2-core CPU trains at 0.6-0.8 s per batch of 8 (the shared hosts'
-# speed varies), so 1900 iterations take 20-25 minutes. Objects there are 20-130 px in ~160 px images, shown at 256: the prior scales
-# are set for that range. From scratch, AdamW learns several times faster than the authors'
-# SGD (measured, mask AP on the val split: SGD at lr 4e-3 0.9 after 1000 iterations; AdamW
-# with the decay near the end: lr 1e-3 20.3, 7e-4 27.2, 5e-4 35.8; a cosine decay from 7e-4
-# 20.7; decaying at 1200 instead of 1450 gave 25.5 at iteration 1400, against 32.6 at 1500).
-# A 32-channel protonet instead of 64 is 5-7% faster per step and no worse at equal
-# iterations (1700: mask AP 36.0 vs 35.8, box 40.0 vs 36.0); the time saved buys 200 more.
+# speed varies), so 1900 iterations take 20-25 minutes. Objects there are 20-130 px in ~160 px
+# images, shown at 256: the prior scales are set for that range. From scratch, AdamW learns
+# several times faster than the authors' SGD (measured, mask AP on the val split: SGD at lr
+# 4e-3 0.9 after 1000 iterations; AdamW with the decay near the end: lr 1e-3 20.3, 7e-4 27.2,
+# 5e-4 35.8; a cosine decay from 7e-4 20.7; decaying at 1200 instead of 1450 gave 25.5 at
+# iteration 1400, against 32.6 at 1500). A 32-channel protonet instead of 64 is 5-7% faster
+# per step and no worse at equal iterations (1700: mask AP 36.0 vs 35.8, box 40.0 vs 36.0);
+# the time saved buys 200 more.
 yolact_plus_demo = replace(
     for_dataset(yolact_plus_resnet50, SYNTHETIC_CLASSES, max_size=256, name="yolact_plus_demo"),
     **{"model.backbone": BackboneConfig(layers=(2, 2, 2, 2), base_width=16,
