@@ -3,7 +3,8 @@
 #
 #   bash scripts/run_standalone_train.sh
 #       the built-in CPU demo: generates the synthetic shapes data set in <repo>/data/synthetic,
-#       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only once),
+#       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only when
+#       its output is missing or older than its input),
 #       trains the yolact_plus_demo config on CPU from scratch, then evaluates the last
 #       checkpoint on the synthetic val split and prints its box and mask AP.
 #   bash scripts/run_standalone_train.sh CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]
@@ -34,20 +35,18 @@ export ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
 prepare_demo_data() {
     local data=$REPO/data/synthetic
     MINDRECORD_DIR=$REPO/data/synthetic_mindrecord
-    if [ -f "$data/annotations/instances_val.json" ]; then
-        echo "using the synthetic data set in $data"
-    else
-        echo "generating the synthetic data set in $data ..."
-        (cd "$REPO" && "$PYTHON" -m src.synthetic --out "$data" --overwrite) \
-            || fail "generating the synthetic data set failed"
-    fi
-    local split
+    # Regenerates only when the data there came from other arguments or an older generator.
+    echo "synthetic data set in $data"
+    (cd "$REPO" && "$PYTHON" -m src.synthetic --out "$data" --overwrite --keep_current) \
+        || fail "generating the synthetic data set in $data failed"
+    local split annotations
     for split in train val; do
-        if [ -f "$MINDRECORD_DIR/$split/dataset_info.json" ]; then
+        annotations=$data/annotations/instances_$split.json
+        if [ "$MINDRECORD_DIR/$split/dataset_info.json" -nt "$annotations" ]; then
             echo "using the $split MindRecord in $MINDRECORD_DIR/$split"
             continue
         fi
-        "$PYTHON" "$REPO/create_mindrecord.py" --ann_file "$data/annotations/instances_$split.json" \
+        "$PYTHON" "$REPO/create_mindrecord.py" --ann_file "$annotations" \
             --image_dir "$data/$split" --output_dir "$MINDRECORD_DIR" --split "$split" \
             --num_shards 1 --overwrite || fail "converting the $split split failed"
     done

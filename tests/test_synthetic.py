@@ -8,9 +8,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.synthetic import (CATEGORY_IDS, CLASS_NAMES, MIN_SHAPE_PX, MIN_VISIBLE_PX,
-                           generate_dataset, image_rng, main, mask_to_polygons, render_image,
-                           uncompressed_rle)
+from src.synthetic import (CATEGORY_IDS, CLASS_NAMES, DATA_VERSION, MIN_SHAPE_PX,
+                           MIN_VISIBLE_FRACTION, MIN_VISIBLE_PX, generate_dataset, image_rng,
+                           is_current, main, mask_to_polygons, render_image, uncompressed_rle)
 
 SEED = 1
 IMAGE_SIZE = 80
@@ -139,6 +139,18 @@ def test_visible_masks_are_disjoint_and_occlusion_happens(dataset):
     assert touching >= 3
 
 
+def test_every_shape_shows_enough_of_itself():
+    """Clipping and occlusion together hide at most 1 - MIN_VISIBLE_FRACTION of any shape,
+    and they do hide part of some: the bound is reached for, not vacuous."""
+    fractions = []
+    for index in range(40):
+        _, shapes = render_image(image_rng(SEED, "train", index), IMAGE_SIZE)
+        fractions += [s["visible"].sum() / s["full_area"] for s in shapes if not s["iscrowd"]]
+    assert min(fractions) >= MIN_VISIBLE_FRACTION
+    assert min(fractions) < MIN_VISIBLE_FRACTION + 0.1
+    assert sum(f < 0.95 for f in fractions) >= 10
+
+
 def test_annotations_are_rendered_shapes_and_pixels_show_their_colour(dataset):
     """Each annotation is exactly one rendered shape's visible mask; the JPEG shows its colour."""
     paths, coco = dataset
@@ -211,3 +223,28 @@ def test_cli_refuses_non_empty_or_unwritable_output(tmp_path, capsys):
     assert "cannot write" in capsys.readouterr().err
     assert main(["--out", str(out / "keep.txt")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_keep_current_regenerates_only_other_arguments_or_versions(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--num_train", "2", "--num_val", "1", "--image_size", "48",
+            "--overwrite", "--keep_current"]
+    train_json = out / "annotations" / "instances_train.json"
+    assert main(args) == 0
+    assert "kept" not in capsys.readouterr().out
+    assert main(args) == 0
+    assert "kept" in capsys.readouterr().out
+
+    assert main(args[:3] + ["3"] + args[4:]) == 0           # another num_train
+    assert "kept" not in capsys.readouterr().out
+    assert len(json.loads(train_json.read_text())["images"]) == 3
+
+    dataset = json.loads(train_json.read_text())
+    dataset["info"]["version"] = "1.0"                      # written by an older generator
+    train_json.write_text(json.dumps(dataset))
+    assert not is_current(str(out), 3, 1, 48)
+    assert main(args[:3] + ["3"] + args[4:]) == 0
+    assert json.loads(train_json.read_text())["info"]["version"] == DATA_VERSION
+    assert is_current(str(out), 3, 1, 48)
+    train_json.write_text("not json")
+    assert not is_current(str(out), 3, 1, 48)
