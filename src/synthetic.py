@@ -23,7 +23,7 @@ crowds are always uncompressed RLE. Category ids are 1, 3, ..., 11 (non-contiguo
 Every image draws from its own generator seeded by ``(seed, split, index)``: the output is
 byte-for-byte reproducible, and changing ``num_train`` leaves existing images unchanged.
 
-Usage: ``python -m src.synthetic --out DIR [--num_train 1600] [--num_val 50] [--image_size 160]
+Usage: ``python -m src.synthetic --out DIR [--num_train 1600] [--num_val 200] [--image_size 160]
 [--seed 0] [--overwrite] [--keep_current]``
 """
 import argparse
@@ -327,7 +327,7 @@ def _prepare_output_dir(out_dir, overwrite):
         raise OSError(f"cannot write to output directory {out_dir}: {error}") from error
 
 
-def is_current(out_dir, num_train=1600, num_val=50, image_size=160, seed=0):
+def is_current(out_dir, num_train=1600, num_val=200, image_size=160, seed=0):
     """True if ``out_dir`` holds the data set ``generate_dataset`` would write with these
     arguments: both annotation files readable, written by this ``DATA_VERSION`` with the same
     seed, image size and image counts (the images themselves are not checked)."""
@@ -344,7 +344,7 @@ def is_current(out_dir, num_train=1600, num_val=50, image_size=160, seed=0):
     return True
 
 
-def generate_dataset(out_dir, num_train=1600, num_val=50, image_size=160, seed=0,
+def generate_dataset(out_dir, num_train=1600, num_val=200, image_size=160, seed=0,
                      overwrite=False):
     """Write the synthetic data set (layout in the module docstring).
 
@@ -374,7 +374,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--num_train", type=int, default=1600, help="training images")
-    parser.add_argument("--num_val", type=int, default=50, help="validation images")
+    parser.add_argument("--num_val", type=int, default=200, help="validation images")
     parser.add_argument("--image_size", type=int, default=160,
                         help="nominal side in px; each side is drawn in 0.75-1.25 x this")
     parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
