@@ -67,7 +67,8 @@ def for_dataset(config, class_names, max_size=None, name=None):
 # the decay near the end: lr 1e-3 20.3, 7e-4 27.2, 5e-4 35.8; a cosine decay from 7e-4 20.7).
 # Iterations are what the 20-minute budget buys and what the result depends on most (data
 # version 2.0, mask AP50 on 200 val images: 71.5 after 1400, 83.5 after 1900; one run of 1500
-# gave 66.3: single runs vary by several points), so the width goes where it helps:
+# gave 66.3, and 1400 with the data read in another order 60.9: single runs vary by ~10
+# points), so the width goes where it helps:
 # a 96-channel FPN and no DCN in C3 (its 32x32 sampling costs as much as the wider FPN) gave
 # 83.5 against 76.9 for 64 channels with DCN in C3; a 1-1-1-1 backbone, ~20% faster per step,
 # reached only 51.6 after 1600 (50 val images); a 32-channel protonet is 5-7% faster than 64
