@@ -198,8 +198,8 @@ def test_tiny_model_overfits_two_images(fixed_batch):
     summary = (first_total, first_terms.tolist(), last_total, last_terms.tolist())
     # Measured (synthetic data 2.0; with 1.0's images 70 steps were enough): 32.18 -> 4.13
     # (B 4.68 -> 0.08, C 12.34 -> 0.25, M 4.93 -> 3.63, S 8.82 -> 0.13, I 1.41 -> 0.03); at 70
-    # steps M was still 4.87. On the earlier 10-px shapes, lr 1e-2 cut the total as far but left M at
-    # 0.91x its start: every term is checked so that a mask branch that does not learn fails.
+    # steps M was still 4.87. On the earlier 10-px shapes, lr 1e-2 cut the total as far but left
+    # M at 0.91x its start: every term is checked so that a mask branch that does not learn fails.
     assert last_total <= 0.3 * first_total, summary
     for first, last in zip(first_terms, last_terms):
         assert last < 0.8 * first, summary
