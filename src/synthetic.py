@@ -42,6 +42,10 @@ DATA_VERSION = "2.0"
 CLASS_NAMES = ("circle", "square", "triangle", "ellipse", "star", "ring")
 CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(CLASS_NAMES)))  # 1, 3, 5, ...
 SPLITS = ("train", "val")
+# Defaults of the command line and of generate_dataset: the demo's data set.
+NUM_TRAIN = 1600
+NUM_VAL = 200
+IMAGE_SIZE = 160
 
 MAX_OBJECTS = 6
 MIN_SHAPE_PX = 20.0            # smallest shape extent (diameter of its bounding circle)
@@ -327,7 +331,7 @@ def _prepare_output_dir(out_dir, overwrite):
         raise OSError(f"cannot write to output directory {out_dir}: {error}") from error
 
 
-def is_current(out_dir, num_train=1600, num_val=200, image_size=160, seed=0):
+def is_current(out_dir, num_train, num_val, image_size, seed):
     """True if ``out_dir`` holds the data set ``generate_dataset`` would write with these
     arguments: both annotation files readable, written by this ``DATA_VERSION`` with the same
     seed, image size and image counts (the images themselves are not checked)."""
@@ -344,8 +348,8 @@ def is_current(out_dir, num_train=1600, num_val=200, image_size=160, seed=0):
     return True
 
 
-def generate_dataset(out_dir, num_train=1600, num_val=200, image_size=160, seed=0,
-                     overwrite=False):
+def generate_dataset(out_dir, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=IMAGE_SIZE,
+                     seed=0, overwrite=False):
     """Write the synthetic data set (layout in the module docstring).
 
     Returns a dict of paths: ``train_images`` / ``val_images`` (folders of JPEGs) and
@@ -373,9 +377,9 @@ def main(argv=None):
     """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--num_train", type=int, default=1600, help="training images")
-    parser.add_argument("--num_val", type=int, default=200, help="validation images")
-    parser.add_argument("--image_size", type=int, default=160,
+    parser.add_argument("--num_train", type=int, default=NUM_TRAIN, help="training images")
+    parser.add_argument("--num_val", type=int, default=NUM_VAL, help="validation images")
+    parser.add_argument("--image_size", type=int, default=IMAGE_SIZE,
                         help="nominal side in px; each side is drawn in 0.75-1.25 x this")
     parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
     parser.add_argument("--overwrite", action="store_true",

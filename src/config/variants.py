@@ -60,7 +60,7 @@ def for_dataset(config, class_names, max_size=None, name=None):
 
 # The built-in CPU demo on the synthetic shapes data set (``python -m src.synthetic``): the
 # YOLACT++ code paths (DCN in the last block of C4 and C5, all five losses, mask re-scoring) at
-# a size a 2-core CPU trains at 0.6-0.8 s per batch of 8 (the shared hosts' speed varies).
+# a size a 2-core CPU trains at 0.6-0.9 s per batch of 8 (the shared hosts' speed varies).
 # Objects there are 20-130 px in ~160 px images, shown at 256: the prior scales are set for
 # that range. From scratch, AdamW learns several times faster than the authors' SGD (mask AP
 # on the val split, data version 1.0: SGD at lr 4e-3 0.9 after 1000 iterations; AdamW with
@@ -68,11 +68,10 @@ def for_dataset(config, class_names, max_size=None, name=None):
 # Iterations are what the 20-minute budget buys and what the result depends on most (data
 # version 2.0, mask AP50 on 200 val images: 71.5 after 1400, 83.5 after 1900; one run of 1500
 # gave 66.3, and 1400 with the data read in another order 60.9: single runs vary by ~10
-# points), so the width goes where it helps:
-# a 96-channel FPN and no DCN in C3 (its 32x32 sampling costs as much as the wider FPN) gave
-# 83.5 against 76.9 for 64 channels with DCN in C3; a 1-1-1-1 backbone, ~20% faster per step,
-# reached only 51.6 after 1600 (50 val images); a 32-channel protonet is 5-7% faster than 64
-# and no worse.
+# points), so the width goes where it helps: a 96-channel FPN and no DCN in C3 (its 32x32
+# sampling costs as much as the wider FPN) gave 83.5 against 76.9 for 64 channels with DCN in
+# C3; a 1-1-1-1 backbone, ~20% faster per step, reached only 51.6 after 1600 (50 val images);
+# a 32-channel protonet is 5-7% faster than 64 and no worse.
 yolact_plus_demo = replace(
     for_dataset(yolact_plus_resnet50, SYNTHETIC_CLASSES, max_size=256, name="yolact_plus_demo"),
     **{"model.backbone": BackboneConfig(layers=(2, 2, 2, 2), base_width=16,
