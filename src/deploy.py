@@ -35,6 +35,7 @@ from mindspore import Tensor, nn
 from mindspore.train.mind_ir_pb2 import ModelProto
 
 from src.config.load import load_config
+from src.config.schema import replace
 from src.inference import BatchDetector, build_inference_net
 from src.model.build import build_model
 from src.train.context import init_context
@@ -90,7 +91,8 @@ def export_checkpoint(config, ckpt_path, file_name, file_format="MINDIR", batch_
         # load_weights says the same, but only after the model is built.
         if not os.path.isfile(ckpt_path):
             raise CheckpointError(f"{ckpt_path}: checkpoint file not found")
-        model = build_model(config)
+        # A graph with the C++ CPU kernels would name a library file of this machine.
+        model = build_model(replace(config, **{"model.kernels": "portable"}))
         load_weights(model, ckpt_path)
         model.set_train(False)
         net = build_inference_net(config, model)

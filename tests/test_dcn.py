@@ -1,5 +1,5 @@
-"""DCNv2 layer: both implementations against an independent numpy DCNv2, against each other
-(forward and gradients), and on hand-checkable cases."""
+"""DCNv2 layer: the three implementations against an independent numpy DCNv2, against each
+other (forward and gradients), and on hand-checkable cases."""
 import numpy as np
 import pytest
 import mindspore as ms
@@ -8,7 +8,7 @@ from mindspore import ops
 from src.model.dcn import ModulatedDeformConv2d, dcnv2_offset_channel_order
 
 N, C_IN, C_OUT, SIZE = 2, 4, 5, 7
-IMPLS = ("fast", "native")
+IMPLS = ("kernel", "fast", "native")
 STRIDES = (1, 2)
 
 
@@ -149,18 +149,19 @@ def loss_and_grads(layer, x, cotangent):
 
 
 @pytest.mark.parametrize("stride", STRIDES)
-def test_fast_equals_native_forward_and_gradients(layers, stride):
+@pytest.mark.parametrize("impl", ("kernel", "fast"))
+def test_equals_native_forward_and_gradients(layers, impl, stride):
     params = random_params(seed=10 + stride)
     x = ms.Tensor(params["x"].astype(np.float32))
     h_out = (SIZE - 1) // stride + 1
     cotangent = ms.Tensor(np.random.default_rng(20 + stride)
                           .normal(size=(N, C_OUT, h_out, h_out)).astype(np.float32))
     results = {}
-    for impl in IMPLS:
-        layer = layers[(impl, stride)]
+    for name in (impl, "native"):
+        layer = layers[(name, stride)]
         load_dcnv2(layer, params)
-        results[impl] = (run(layer, params["x"]),) + loss_and_grads(layer, x, cotangent)
-    (out_f, loss_f, gx_f, gp_f), (out_n, loss_n, gx_n, gp_n) = results["fast"], results["native"]
+        results[name] = (run(layer, params["x"]),) + loss_and_grads(layer, x, cotangent)
+    (out_f, loss_f, gx_f, gp_f), (out_n, loss_n, gx_n, gp_n) = results[impl], results["native"]
     np.testing.assert_allclose(out_f, out_n, atol=1e-5, rtol=0)
     np.testing.assert_allclose(loss_f, loss_n, atol=1e-4, rtol=1e-6)
     assert np.abs(gx_n).max() > 0.1

@@ -27,7 +27,7 @@ class BackboneConfig:
     base_width: int = 64                        # stem channels = first-stage planes
     dcn_layers: Tuple[int, ...] = (0, 0, 0, 0)  # per stage: how many of its LAST blocks may use DCN
     dcn_interval: int = 1                       # of those, every dcn_interval-th block (authors' rule)
-    dcn_impl: str = "fast"                      # "fast" (from primitives) or "native" (ops.deformable_conv2d)
+    dcn_impl: str = "fast"                      # portable DCN: "fast" (from primitives) or "native" (ops.deformable_conv2d)
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class ModelConfig:
     use_square_anchors: bool = True             # YOLACT v1 legacy bug: h = w for every ratio
     use_maskiou: bool = False                   # YOLACT++ mask re-scoring net
     maskiou_channels: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    # "cpu": the C++ CPU kernels (DCN sampling, Winograd 3x3 convs outside the backbone; need
+    # g++ and the CPU device); "portable": MindSpore primitives only, any device (the DCN per
+    # backbone.dcn_impl); "auto": cpu on the CPU device, else portable. Same parameters and
+    # results either way.
+    kernels: str = "auto"
 
     @property
     def num_anchors(self):

@@ -1,4 +1,6 @@
 """``build_model(config)``: the one place where the config meets the constructors."""
+import mindspore as ms
+
 from src.box.priors import feature_map_sizes, make_priors
 from src.model.fpn import FPN
 from src.model.maskiou_net import MaskIoUNet
@@ -10,6 +12,20 @@ from src.model.yolact import Yolact
 
 # Five stride-2 3x3 convs without padding reduce 63 px to 1 (63 -> 31 -> 15 -> 7 -> 3 -> 1).
 MASKIOU_MIN_GRID = 63
+KERNEL_CHOICES = ("auto", "cpu", "portable")
+
+
+def uses_cpu_kernels(config):
+    """Whether ``config.model.kernels`` selects the C++ CPU kernels on the current device."""
+    kernels = config.model.kernels
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"config '{config.name}': model.kernels must be one of {KERNEL_CHOICES}, "
+                         f"got {kernels!r}")
+    on_cpu = ms.get_context("device_target") == "CPU"
+    if kernels == "cpu" and not on_cpu:
+        raise ValueError(f"config '{config.name}': model.kernels=cpu needs the CPU device, the "
+                         f"device is {ms.get_context('device_target')}; use auto or portable")
+    return kernels == "cpu" or (kernels == "auto" and on_cpu)
 
 
 def prior_boxes(config):
@@ -26,28 +42,35 @@ def build_model(config, freeze_bn=False):
         config: a ``YolactConfig``.
         freeze_bn: BatchNorm uses its running statistics and gamma/beta are not trained
             (the authors do this when the per-device batch is below 6).
+
+    ``config.model.kernels`` picks the implementation (``uses_cpu_kernels``); the parameters
+    and their names are the same either way, so checkpoints move freely between them.
     """
     model = config.model
     if model.use_maskiou and prototype_size(config) < MASKIOU_MIN_GRID:
         raise ValueError(f"config '{config.name}': the mask re-scoring net needs a prototype grid "
                          f"of at least {MASKIOU_MIN_GRID} px, but max_size {config.max_size} "
                          f"gives {prototype_size(config)}; YOLACT++ needs max_size >= 249")
+    cpu_kernels = uses_cpu_kernels(config)
     backbone_cfg = model.backbone
     backbone = ResNet(layers=backbone_cfg.layers, base_width=backbone_cfg.base_width,
                       dcn_layers=backbone_cfg.dcn_layers, dcn_interval=backbone_cfg.dcn_interval,
-                      dcn_impl=backbone_cfg.dcn_impl, freeze_bn=freeze_bn)
+                      dcn_impl="kernel" if cpu_kernels else backbone_cfg.dcn_impl,
+                      freeze_bn=freeze_bn)
     expansion = 4
     stage_channels = tuple(backbone_cfg.base_width * 2 ** stage * expansion for stage in (1, 2, 3))
     num_levels = len(model.pred_scales)
-    fpn = FPN(stage_channels, channels=model.fpn_channels, num_downsample=num_levels - 3)
+    fpn = FPN(stage_channels, channels=model.fpn_channels, num_downsample=num_levels - 3,
+              winograd=cpu_kernels)
     fg_classes = config.num_classes - 1
     maskiou_net = (MaskIoUNet(fg_classes, model.maskiou_channels) if model.use_maskiou else None)
     return Yolact(
         backbone=backbone,
         fpn=fpn,
-        proto_net=ProtoNet(model.fpn_channels, model.proto_channels, model.num_prototypes),
+        proto_net=ProtoNet(model.fpn_channels, model.proto_channels, model.num_prototypes,
+                           winograd=cpu_kernels),
         prediction_head=PredictionHead(model.fpn_channels, model.num_anchors, config.num_classes,
-                                       model.num_prototypes),
+                                       model.num_prototypes, winograd=cpu_kernels),
         semantic_head=SemanticHead(model.fpn_channels, fg_classes),
         maskiou_net=maskiou_net,
         priors=prior_boxes(config))

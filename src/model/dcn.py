@@ -11,22 +11,29 @@ Sampling. Output pixel ``(i, j)``, tap ``(ky, kx)`` reads the input at
 by bilinear interpolation in which every corner outside the image reads zero, and scales
 it by the tap's mask.
 
-Two implementations compute the same function:
+Three implementations compute the same function:
+  * ``"kernel"``: the C++ CPU kernel ``src/kernels/deform_im2col.cc`` samples the columns
+    straight from the input planes, one matmul applies the 3x3 weight (CPU only; the
+    fastest there);
+  * ``"fast"``: built from primitives, for every device. The input goes channels-last with
+    a 2-pixel zero border, one gather fetches the 2x2 corner patch of every tap, a batched
+    matmul blends the 4 corners with bilinear weight x mask, and one matmul applies the
+    3x3 weight;
   * ``"native"``: ``ops.deformable_conv2d`` (deprecated, and slow on CPU mostly because of
-    its backward kernel);
-  * ``"fast"``: built from primitives. The input goes channels-last with a 2-pixel zero
-    border, one gather fetches the 2x2 corner patch of every tap, a batched matmul blends
-    the 4 corners with bilinear weight x mask, and one matmul applies the 3x3 weight.
+    its backward kernel).
 """
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
+from src.kernels.deform_im2col import deform_im2col_op
+
 KERNEL_TAPS = 9
 # 2 pixels of zeros around the input: a 2x2 patch whose start is clamped onto this border
 # lies entirely in zeros, so samples far outside the image need no validity mask.
 BORDER = 2
+IMPLS = ("kernel", "fast", "native")
 
 
 def dcnv2_offset_channel_order():
@@ -50,7 +57,8 @@ class ModulatedDeformConv2d(nn.Cell):
         in_channels: C_in.
         out_channels: C_out.
         stride: stride of the conv and of its offset/mask conv.
-        impl: ``"fast"`` (primitives) or ``"native"`` (``ops.deformable_conv2d``).
+        impl: ``"kernel"`` (C++ CPU kernel), ``"fast"`` (primitives) or ``"native"``
+            (``ops.deformable_conv2d``).
 
     Parameters: ``weight`` [C_out, C_in, 3, 3], ``bias`` [C_out] (zeros),
     ``conv_offset_mask.weight`` [27, C_in, 3, 3] and ``.bias`` [27] (zeros: the layer starts
@@ -65,8 +73,8 @@ class ModulatedDeformConv2d(nn.Cell):
 
     def __init__(self, in_channels, out_channels, stride=1, impl="fast"):
         super().__init__()
-        if impl not in ("fast", "native"):
-            raise ValueError(f"impl must be 'fast' or 'native', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.out_channels = out_channels
         self.stride = stride
         self.impl = impl
@@ -85,19 +93,35 @@ class ModulatedDeformConv2d(nn.Cell):
         self.corner_dx = ms.Tensor(np.array([0, 1, 0, 1], np.int32))
         self.blend = ops.BatchMatMul()
         self.matmul_wt = ops.MatMul(transpose_b=True)
+        if impl == "kernel":
+            self.im2col = deform_im2col_op()
+            self.stride_tensor = ms.Tensor(np.array([stride], np.int32))
 
     def construct(self, x):
         offset_mask = self.conv_offset_mask(x)
+        if self.impl == "kernel":
+            return self._kernel(x, offset_mask)
         if self.impl == "native":
             return self._native(x, offset_mask)
         return self._fast(x, offset_mask)
 
-    def _native(self, x, offset_mask):
+    @staticmethod
+    def _modulated(offset_mask):
+        """[N, 27, H, W] offsets and mask logits -> offsets and mask (sigmoid)."""
         offsets, logits = ops.split(offset_mask, (2 * KERNEL_TAPS, KERNEL_TAPS), axis=1)
-        offsets = ops.concat((offsets, ops.sigmoid(logits)), axis=1)
+        return ops.concat((offsets, ops.sigmoid(logits)), axis=1)
+
+    def _kernel(self, x, offset_mask):
+        n, h_out, w_out = x.shape[0], offset_mask.shape[2], offset_mask.shape[3]
+        columns = self.im2col(x, self._modulated(offset_mask), self.stride_tensor)
+        weight = ops.reshape(self.weight, (self.out_channels, -1))  # [C_out, C_in*9]
+        out = ops.matmul(weight, columns) + ops.reshape(self.bias, (self.out_channels, 1))
+        return ops.reshape(out, (n, self.out_channels, h_out, w_out))
+
+    def _native(self, x, offset_mask):
         strides = (1, 1, self.stride, self.stride)
-        return ops.deformable_conv2d(x, self.weight, offsets, (3, 3), strides, (1, 1, 1, 1),
-                                     bias=self.bias, modulated=True)
+        return ops.deformable_conv2d(x, self.weight, self._modulated(offset_mask), (3, 3),
+                                     strides, (1, 1, 1, 1), bias=self.bias, modulated=True)
 
     def _fast(self, x, offset_mask):
         n, c, h, w = x.shape

@@ -83,7 +83,7 @@ class ResNet(nn.Cell):
             planes and ``4x`` that many output channels (64 for the COCO models).
         dcn_layers: per stage, how many of its last blocks may use DCNv2.
         dcn_interval: of those, blocks whose index is a multiple of it do.
-        dcn_impl: ``"fast"`` or ``"native"``, see ``src.model.dcn``.
+        dcn_impl: ``"kernel"``, ``"fast"`` or ``"native"``, see ``src.model.dcn``.
         freeze_bn: BatchNorm uses its moving statistics in training too and gamma/beta are
             not trainable (the authors' setting when the per-device batch is below 6).
 

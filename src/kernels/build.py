@@ -1,0 +1,74 @@
+"""Compile the C++ kernels of this folder once per machine and source version.
+
+A library is ``<cache>/<name>-<hash>.so``; the hash covers the source, the compiler command
+and the CPU's model and flags (``-march=native`` code only runs where it was built), so a
+changed source or another machine gets its own file. The cache is ``$YOLACT_KERNEL_CACHE`` or
+``~/.cache/yolact_mindspore/kernels``. A library is written to a temporary file and renamed,
+so processes compiling at once (distributed ranks) never load half a file.
+"""
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ kernels could not be compiled."""
+
+
+def cache_dir():
+    return os.environ.get("YOLACT_KERNEL_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "yolact_mindspore",
+                                       "kernels"))
+
+
+def _cpu_signature():
+    """The CPU's model name and flags as the kernel sees them (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def library_path(name):
+    """Path of the compiled ``<name>.cc`` of this folder, compiling it if needed.
+
+    Raises:
+        KernelBuildError: no C++ compiler, or the compiler failed (its output is included).
+    """
+    source = os.path.join(SOURCE_DIR, name + ".cc")
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise KernelBuildError(
+            f"the CPU kernels ({source}) need a C++ compiler with OpenMP (g++): none found on "
+            "PATH (or set CXX). Install one, or build the model with model.kernels=portable "
+            "(MindSpore primitives only, slower on CPU).")
+    with open(source, "rb") as handle:
+        code = handle.read()
+    digest = hashlib.sha256(code + " ".join(COMPILE_FLAGS).encode() + compiler.encode()
+                            + _cpu_signature().encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir(), f"{name}-{digest}.so")
+    if os.path.exists(target):
+        return target
+    os.makedirs(cache_dir(), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    os.close(handle)
+    try:
+        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, source],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise KernelBuildError(f"compiling {source} failed ({compiler}):\n{result.stderr}")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return target
