@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python bench/forward.py                              # R-50++ and R-101++, fast DCN
-    python bench/forward.py --dcn_impl native --rounds 9
+    python bench/forward.py                              # R-50++ and R-101++, CPU kernels
+    python bench/forward.py --impl fast --rounds 9       # MindSpore primitives only
     python bench/forward.py --profile --dcn_layers       # + per-stage split, DCN layer timings
 
 Absolute timings on a shared CPU drift by tens of percent between runs, so every figure is
@@ -54,6 +54,17 @@ RESULT_MARKER = "BENCH_RESULT "
 DEFAULT_CONFIGS = ("yolact_plus_resnet50", "yolact_plus_base")
 # Offset conv weight std: offsets of about a pixel, like a trained DCN's.
 OFFSET_WEIGHT_STD = 1e-3
+# --impl: the C++ CPU kernels (DCN sampling, Winograd head convs) or MindSpore primitives only
+# with the fast or the native DCN.
+IMPLS = ("kernel", "fast", "native")
+DCN_IMPLS = ("kernel", "fast", "native")
+
+
+def impl_changes(impl):
+    """Config changes (for ``replace``) that select ``impl``, one of ``IMPLS``."""
+    if impl == "kernel":
+        return {"model.kernels": "cpu"}
+    return {"model.kernels": "portable", "model.backbone.dcn_impl": impl}
 
 
 def peak_rss_mb():
@@ -149,8 +160,7 @@ def measure_config(args, name):
     """Child process: one config's timings, compile times and peak RSS (a JSON-able dict)."""
     init_context("CPU")
     rss = {"runtime": peak_rss_mb()}
-    config = replace(VARIANTS[name], **{"data.max_size": args.size,
-                                        "model.backbone.dcn_impl": args.dcn_impl})
+    config = replace(VARIANTS[name], **{"data.max_size": args.size, **impl_changes(args.impl)})
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size)), ms.float32)
     model = build_model(config)
@@ -175,7 +185,7 @@ def measure_config(args, name):
     baseline, compile_s["baseline"] = plain_resnet50(args.warmup, images)
     rss["child"] = peak_rss_mb()
     times = interleaved_rounds(baseline, (images,), measured, args.rounds)
-    return {"config": name, "dcn_impl": args.dcn_impl, "times": times, "compile": compile_s,
+    return {"config": name, "impl": args.impl, "times": times, "compile": compile_s,
             "rss_mb": rss}
 
 
@@ -203,15 +213,15 @@ def dcn_layer_shapes(size):
 
 
 def dcn_comparison_layers(channels, stride, rng):
-    """The layers compared per DCN shape: plain 3x3 conv, the offset/mask conv alone, DCN
-    fast and native (their offset convs randomised so sampling is fractional)."""
+    """The layers compared per DCN shape: plain 3x3 conv, the offset/mask conv alone, and
+    the DCN implementations (their offset convs randomised so sampling is fractional)."""
     layers = {
         "plain": nn.Conv2d(channels, channels, 3, stride=stride, pad_mode="pad", padding=1,
                            has_bias=False),
         "offset_conv": nn.Conv2d(channels, 27, 3, stride=stride, pad_mode="pad", padding=1),
-        "fast": ModulatedDeformConv2d(channels, channels, stride=stride, impl="fast"),
-        "native": ModulatedDeformConv2d(channels, channels, stride=stride, impl="native"),
     }
+    for impl in DCN_IMPLS:
+        layers[impl] = ModulatedDeformConv2d(channels, channels, stride=stride, impl=impl)
     for layer in layers.values():
         randomise_offset_convs(layer, rng)
     return layers
@@ -229,8 +239,9 @@ def dcn_layer_row(shape, times):
 
 
 def measure_dcn_layers(args):
-    """Child process: one 3x3 layer per backbone DCN shape, plain conv vs DCN fast vs native
-    vs the offset/mask conv alone, interleaved per round. Returns a JSON-able dict."""
+    """Child process: one 3x3 layer per backbone DCN shape, plain conv vs each DCN
+    implementation vs the offset/mask conv alone, interleaved per round. Returns a JSON-able
+    dict."""
     init_context("CPU")
     rng = np.random.default_rng(0)
     rows = []
@@ -253,7 +264,7 @@ def run_child(args, target):
     command = [sys.executable, os.path.abspath(__file__), "--child", target,
                "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                "--size", str(args.size), "--batch", str(args.batch),
-               "--dcn_impl", args.dcn_impl] + (["--profile"] if args.profile else [])
+               "--impl", args.impl] + (["--profile"] if args.profile else [])
     done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=False)
     results = [line[len(RESULT_MARKER):] for line in done.stdout.splitlines()
                if line.startswith(RESULT_MARKER)]
@@ -298,7 +309,7 @@ def format_config_rows(result):
         paired = statistics.median(run[0] / base[0] for run, base in
                                    zip(times[stage]["runs"], times[stage]["baseline"]))
         rss = f"{result['rss_mb']['model']:.0f}" if stage == "network" else ""
-        lines.append(f"| {result['config']} | {result['dcn_impl']} | {label} | {median:.3f} | "
+        lines.append(f"| {result['config']} | {result['impl']} | {label} | {median:.3f} | "
                      f"{min(walls):.3f} | {median / base_wall:.2f} | {paired:.2f} | {cpu:.3f} | "
                      f"{cpu / base_cpu:.2f} | {result['compile'][stage]:.1f} | {rss} |")
     lines.append(f"| {result['config']} | | ResNet-50 baseline | {base_wall:.3f} | "
@@ -318,7 +329,7 @@ def print_report(args, results, dcn):
 
 
 def print_config_table(results):
-    print("\n| config | DCN | what | median | min | x ResNet-50 | paired | CPU s | x ResNet-50 "
+    print("\n| config | impl | what | median | min | x ResNet-50 | paired | CPU s | x ResNet-50 "
           "(CPU) | compile (first call) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
@@ -339,23 +350,24 @@ def print_dcn_layers(rows, title="One 3x3 layer per DCN shape (ms, median)", mea
     ``measured`` names what was timed (also used by bench/train_step.py)."""
     print(f"\n{title}; n = DCN blocks of that shape")
     print("| level | C | in side | stride | n R-50++ | n R-101++ | plain conv | offset conv | "
-          "DCN fast | DCN native | fast / plain | native / plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    extra = {"fast": [0.0, 0.0], "native": [0.0, 0.0]}
+          + " | ".join(f"DCN {impl}" for impl in DCN_IMPLS) + " | "
+          + " | ".join(f"{impl} / plain" for impl in DCN_IMPLS) + " |")
+    print("|---" * (8 + 2 * len(DCN_IMPLS)) + "|")
+    extra = {impl: [0.0, 0.0] for impl in DCN_IMPLS}
     for row in rows:
         med = row["median_ms"]
         print(f"| {row['level']} | {row['channels']} | {row['side']} | {row['stride']} | "
               f"{row['n50']} | {row['n101']} | {med['plain']:.1f} | {med['offset_conv']:.1f} | "
-              f"{med['fast']:.1f} | {med['native']:.1f} | {row['over_plain']['fast']:.2f} | "
-              f"{row['over_plain']['native']:.2f} |")
+              + " | ".join(f"{med[impl]:.1f}" for impl in DCN_IMPLS) + " | "
+              + " | ".join(f"{row['over_plain'][impl]:.2f}" for impl in DCN_IMPLS) + " |")
         for impl in extra:
             extra[impl][0] += row["n50"] * (row["over_plain"][impl] - 1) * med["plain"]
             extra[impl][1] += row["n101"] * (row["over_plain"][impl] - 1) * med["plain"]
     for impl, (r50, r101) in extra.items():
         print(f"{measured} {impl}: cost over plain 3x3 convs, summed over the blocks: "
               f"R-50++ {r50:.0f} ms, R-101++ {r101:.0f} ms")
-    print("fast / plain, native / plain: median over rounds of the layer's time / the plain "
-          "conv's time in the same round.")
+    print("<impl> / plain: median over rounds of the layer's time / the plain conv's time in the "
+          "same round.")
 
 
 def parse_args(argv=None):
@@ -368,12 +380,13 @@ def parse_args(argv=None):
                         help="untimed calls per net before the rounds, the compiling one included")
     parser.add_argument("--size", type=int, default=550, help="input side in pixels")
     parser.add_argument("--batch", type=int, default=1, help="images per forward")
-    parser.add_argument("--dcn_impl", choices=("fast", "native"), default="fast",
-                        help="DCN implementation of the backbone")
+    parser.add_argument("--impl", choices=IMPLS, default="kernel",
+                        help="kernel: the C++ CPU kernels (DCN, Winograd head convs; what runs "
+                             "on CPU); fast / native: MindSpore primitives only, with that DCN")
     parser.add_argument("--profile", action="store_true",
                         help="also time backbone / FPN+protonet+heads / detection+masks")
     parser.add_argument("--dcn_layers", action="store_true",
-                        help="also time one layer per DCN shape: plain conv vs fast vs native")
+                        help="also time one layer per DCN shape: plain conv vs each DCN")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 1:

@@ -3,10 +3,10 @@ backbone train step measured in the same process.
 
 Run from the repository root::
 
-    python bench/train_step.py                            # R-50++, 550, batch 2, fast DCN
+    python bench/train_step.py                            # R-50++, 550, batch 2, CPU kernels
     python bench/train_step.py --profile --dcn_layers     # + where the time goes
     python bench/train_step.py --profile heads loss       # + only these groups of pieces
-    python bench/train_step.py --configs yolact_plus_base --dcn_impl native --rounds 7
+    python bench/train_step.py --configs yolact_plus_base --impl native --rounds 7
 
 The YOLACT++ step is the code ``train.py`` runs (``src.train.trainer``): ``build_model`` in
 train mode with BatchNorm frozen or not as the trainer decides for the batch
@@ -51,9 +51,9 @@ import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import ops  # noqa: E402
 
-from bench.forward import (dcn_comparison_layers, dcn_layer_row, dcn_layer_shapes,  # noqa: E402
-                           machine_description, peak_rss_mb, print_dcn_layers,
-                           randomise_offset_convs)
+from bench.forward import (IMPLS, dcn_comparison_layers, dcn_layer_row,  # noqa: E402
+                           dcn_layer_shapes, impl_changes, machine_description, peak_rss_mb,
+                           print_dcn_layers, randomise_offset_convs)
 from src.config.schema import replace  # noqa: E402
 from src.config.variants import VARIANTS  # noqa: E402
 from src.data.coco import load_coco  # noqa: E402
@@ -322,8 +322,7 @@ def load_batches(path):
 
 
 def bench_config(args, name):
-    return replace(VARIANTS[name], **{"data.max_size": args.size,
-                                      "model.backbone.dcn_impl": args.dcn_impl})
+    return replace(VARIANTS[name], **{"data.max_size": args.size, **impl_changes(args.impl)})
 
 
 def measure_config(args, name, group=None):
@@ -360,7 +359,7 @@ def measure_config(args, name, group=None):
         baseline.record()
         for item in measured:
             item.record()
-    result = {"config": name, "group": group, "dcn_impl": args.dcn_impl, "freeze_bn": freeze_bn,
+    result = {"config": name, "group": group, "impl": args.impl, "freeze_bn": freeze_bn,
               "num_params": sum(p.size for p in model.trainable_params()),
               "baseline_params": sum(p.size for p in baseline_net.trainable_params()),
               "runs": {m.name: m.runs for m in [baseline] + measured},
@@ -400,7 +399,7 @@ def fwd_bwd_layer(layer):
 
 def measure_dcn_layers(args):
     """Child process: per DCN shape of the backbones, forward + backward of a plain 3x3 conv,
-    the offset/mask conv, and DCN fast and native, interleaved per round."""
+    the offset/mask conv, and each DCN implementation, interleaved per round."""
     init_context("CPU")
     rng = np.random.default_rng(SEED)
     rows = []
@@ -447,7 +446,7 @@ def run_child(args, target):
     command = [sys.executable, os.path.abspath(__file__), "--child", target,
                "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                "--size", str(args.size), "--batch", str(args.batch),
-               "--dcn_impl", args.dcn_impl, "--configs"] + args.configs
+               "--impl", args.impl, "--configs"] + args.configs
     if args.batches_file:
         command += ["--batches_file", args.batches_file]
     done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=False)
@@ -495,7 +494,7 @@ def format_rows(result, reference_baseline_s):
         paired = statistics.median(r[0] / b[0] for r, b in zip(runs[stage], base))
         first = stage == next(name for name in STAGE_LABELS if name in runs)
         rss = f"{result['rss_mb']['measured']:.0f}" if first else ""
-        lines.append(f"| {result['config']} | {result['dcn_impl']} | {bn} | {label} | "
+        lines.append(f"| {result['config']} | {result['impl']} | {bn} | {label} | "
                      f"{median:.2f} | {min(w for w, _ in runs[stage]):.2f} | "
                      f"{median / base_wall:.2f} | {paired:.2f} | {cpu / base_cpu:.2f} | "
                      f"{median / base_wall * reference_baseline_s:.2f} | "
@@ -519,7 +518,7 @@ def print_step_table(args, results, baseline_rss, inputs):
           f"({args.num_images} src.synthetic images, image_size {args.image_size}); GT objects "
           f"per image {min(inputs['objects'])}-{max(inputs['objects'])}, positive priors per "
           f"image {min(inputs['positives'])}-{max(inputs['positives'])}")
-    print("\n| config | DCN | BN | what | median s | min s | x ResNet-50 step | paired | "
+    print("\n| config | impl | BN | what | median s | min s | x ResNet-50 step | paired | "
           "x ResNet-50 (CPU s) | s at the step run's baseline | compile s (first call) | "
           "peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -571,8 +570,9 @@ def parse_args(argv=None):
                         help="untimed calls per step before the rounds, the compiling one included")
     parser.add_argument("--size", type=int, default=550, help="input side in pixels")
     parser.add_argument("--batch", type=int, default=2, help="images per step")
-    parser.add_argument("--dcn_impl", choices=("fast", "native"), default="fast",
-                        help="DCN implementation of the backbone")
+    parser.add_argument("--impl", choices=IMPLS, default="kernel",
+                        help="kernel: the C++ CPU kernels (what runs on CPU); fast / native: "
+                             "MindSpore primitives only, with that DCN")
     parser.add_argument("--num_images", type=int, default=8, help="synthetic training images")
     parser.add_argument("--image_size", type=int, default=500,
                         help="nominal synthetic image side (0.75-1.25x)")

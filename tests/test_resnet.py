@@ -5,7 +5,7 @@ import pytest
 import mindspore as ms
 
 from src.model.dcn import ModulatedDeformConv2d
-from src.model.resnet import ResNet
+from src.model.resnet import ResNet, StemMaxPool
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -192,3 +192,25 @@ def test_output_sizes_at_550(tiny):
     model = tiny[0]
     outputs = run(model, np.zeros((1, 3, 550, 550)), training=False)
     assert [o.shape for o in outputs] == [(1, 32, 69, 69), (1, 64, 35, 35), (1, 128, 18, 18)]
+
+
+@pytest.mark.parametrize("side", [7, 8])
+def test_stem_max_pool_equals_pytorch_padding_one(side):
+    """Odd and even sides, forward and gradient, on a non-negative input (the stem's ReLU)."""
+    rng = np.random.default_rng(side)
+    x = np.maximum(rng.normal(size=(2, 3, side, side + 1)), 0).astype(np.float32)
+    x[0, 0] = 0.0  # a plane of zeros: every window ties with the border
+    cotangent = rng.normal(size=(2, 3, (side + 1) // 2, (side + 2) // 2)).astype(np.float32)
+    pool = StemMaxPool()
+    got = pool(ms.Tensor(x)).asnumpy()
+
+    def loss_fn(inputs):
+        return (pool(inputs) * ms.Tensor(cotangent)).sum()
+
+    grad = ms.grad(loss_fn)(ms.Tensor(x))
+    x_torch = torch.tensor(x, requires_grad=True)
+    expected = F.max_pool2d(x_torch, 3, stride=2, padding=1)
+    (expected * torch.tensor(cotangent)).sum().backward()
+    np.testing.assert_array_equal(got, expected.detach().numpy())
+    nonzero = x > 0  # at zeros the ReLU before the pool passes no gradient anyway
+    np.testing.assert_allclose(grad.asnumpy()[nonzero], x_torch.grad.numpy()[nonzero], atol=1e-6)

@@ -7,7 +7,7 @@ torchvision with ``layerN`` renamed ``layers.{N-1}``, as in the authors' checkpo
 ``layers.{s}.{b}.{conv1,bn1,conv2,bn2,conv3,bn3}.*``, ``layers.{s}.0.downsample.{0,1}.*``;
 a DCN block has ``conv2.{weight,bias}`` and ``conv2.conv_offset_mask.{weight,bias}``.
 """
-from mindspore import nn
+from mindspore import nn, ops
 
 from src.model.dcn import ModulatedDeformConv2d
 
@@ -39,6 +39,29 @@ def uses_dcn(block_index, num_blocks, dcn_layers, dcn_interval):
     if block_index == 0:
         return dcn_layers >= num_blocks
     return block_index + dcn_layers >= num_blocks and block_index % dcn_interval == 0
+
+
+class StemMaxPool(nn.Cell):
+    """3x3 max pool, stride 2, padding 1 (PyTorch's), for inputs >= 0 such as the stem's
+    ReLU output: there a zero border gives the same maximum as PyTorch's -inf border.
+
+    MindSpore's padded max pool (``pad_mode="pad"``, a MaxPool3DWithArgmax kernel) took
+    ~50 ms at 550 on the project's CPU, 12 % of a ResNet-50 forward; concatenating zeros
+    and pooling without padding is 3x faster.
+
+    Inputs: [B, C, H, W] >= 0. Returns: [B, C, ceil(H/2), ceil(W/2)].
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="valid")
+
+    def construct(self, x):
+        n, c, h, w = x.shape
+        zero_rows = ops.zeros((n, c, 1, w), x.dtype)
+        x = ops.concat((zero_rows, x, zero_rows), axis=2)
+        zero_cols = ops.zeros((n, c, h + 2, 1), x.dtype)
+        return self.pool(ops.concat((zero_cols, x, zero_cols), axis=3))
 
 
 class Bottleneck(nn.Cell):
@@ -103,7 +126,7 @@ class ResNet(nn.Cell):
         self.conv1 = plain_conv(3, base_width, 7, stride=2, padding=3)
         self.bn1 = batch_norm(base_width, freeze_bn)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        self.maxpool = StemMaxPool()
         stages = []
         in_channels = base_width
         for stage, (num_blocks, stage_dcn) in enumerate(zip(layers, dcn_layers)):
