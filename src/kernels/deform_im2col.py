@@ -23,9 +23,9 @@ def deform_im2col_op():
         stride: [1] int32.
 
     Returns:
-        columns [N, 9*C, H_out*W_out] float32, row ``9*c + k``: tap k of channel c, sampled
-        bilinearly (corners outside the image read zero) and modulated. Gradients flow to x
-        and offset_mask.
+        columns [9*C, N*H_out*W_out] float32, row ``9*c + k`` (tap k of channel c), column
+        ``n*H_out*W_out + p``: sampled bilinearly (corners outside the image read zero) and
+        modulated. Gradients flow to x and offset_mask.
     """
     library = library_path("deform_im2col")
     grad_input = ops.Custom(f"{library}:DeformIm2colGradInput",
@@ -42,5 +42,5 @@ def deform_im2col_op():
 
     return ops.Custom(f"{library}:DeformIm2col",
                       out_shape=lambda x, offset_mask, stride: (
-                          x[0], KERNEL_TAPS * x[1], offset_mask[2] * offset_mask[3]),
+                          KERNEL_TAPS * x[1], x[0] * offset_mask[2] * offset_mask[3]),
                       out_dtype=lambda x, offset_mask, stride: x, func_type="aot", bprop=bprop)

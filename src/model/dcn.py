@@ -95,6 +95,7 @@ class ModulatedDeformConv2d(nn.Cell):
         self.matmul_wt = ops.MatMul(transpose_b=True)
         if impl == "kernel":
             self.im2col = deform_im2col_op()
+            self.matmul = ops.MatMul()
             self.stride_tensor = ms.Tensor(np.array([stride], np.int32))
 
     def construct(self, x):
@@ -115,8 +116,11 @@ class ModulatedDeformConv2d(nn.Cell):
         n, h_out, w_out = x.shape[0], offset_mask.shape[2], offset_mask.shape[3]
         columns = self.im2col(x, self._modulated(offset_mask), self.stride_tensor)
         weight = ops.reshape(self.weight, (self.out_channels, -1))  # [C_out, C_in*9]
-        out = ops.matmul(weight, columns) + ops.reshape(self.bias, (self.out_channels, 1))
-        return ops.reshape(out, (n, self.out_channels, h_out, w_out))
+        out = self.matmul(weight, columns) + ops.reshape(self.bias, (self.out_channels, 1))
+        if n == 1:  # [C_out, H*W] is already the image's NCHW layout
+            return ops.reshape(out, (1, self.out_channels, h_out, w_out))
+        out = ops.reshape(out, (self.out_channels, n, h_out, w_out))
+        return ops.transpose(out, (1, 0, 2, 3))
 
     def _native(self, x, offset_mask):
         strides = (1, 1, self.stride, self.stride)
