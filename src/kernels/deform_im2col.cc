@@ -85,71 +85,70 @@ struct SampleTable {
   }
 };
 
-}  // namespace
+// Calls body(n, c, k, index, weight) for every image n, channel c and tap k, with the tap's
+// corner indices and weights, [Ho*Wo, 4] each. Taps run one after the other so that a tap's
+// part of the table stays in cache for every channel; channels are split between threads, so
+// a thread owns its planes and a scatter into one never races.
+template <typename Body>
+void for_each_plane_and_tap(const float* offset_mask, const Geometry& g, Body body) {
+  const int64_t out_plane = g.out_plane();
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const SampleTable table(offset_mask + n * 3 * kTaps * out_plane, g);
+    for (int k = 0; k < kTaps; ++k) {
+      const int32_t* index = table.index.data() + 4 * k * out_plane;
+      const float* weight = table.weight.data() + 4 * k * out_plane;
+#pragma omp parallel for schedule(static)
+      for (int64_t c = 0; c < g.channels; ++c) body(n, c, k, index, weight);
+    }
+  }
+}
 
-// Loops run tap by tap so that a tap's part of the table stays in cache for every channel.
+}  // namespace
 
 // inputs: x [N, C, H, W], offset_mask [N, 27, Ho, Wo], stride int32 [1];
 // output: columns [C*9, N*Ho*Wo].
 extern "C" int DeformIm2col(int nparam, void** params, int* ndims, int64_t** shapes,
                             const char** dtypes, void* stream, void* extra) {
   const float* x = static_cast<const float*>(params[0]);
-  const float* offset_mask = static_cast<const float*>(params[1]);
   float* columns = static_cast<float*>(params[3]);
   const Geometry g = read_geometry(shapes, params[2]);
-  const int64_t out_plane = g.out_plane();
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const SampleTable table(offset_mask + n * 3 * kTaps * out_plane, g);
-    for (int k = 0; k < kTaps; ++k) {
-      const int32_t* index = table.index.data() + 4 * k * out_plane;
-      const float* weight = table.weight.data() + 4 * k * out_plane;
-#pragma omp parallel for schedule(static)
-      for (int64_t c = 0; c < g.channels; ++c) {
-        const float* plane = x + (n * g.channels + c) * g.plane();
-        float* row = columns + g.row_start(c, k, n);
-        for (int64_t p = 0; p < out_plane; ++p) {
-          const int32_t* i4 = index + 4 * p;
-          const float* w4 = weight + 4 * p;
-          row[p] = w4[0] * plane[i4[0]] + w4[1] * plane[i4[1]] + w4[2] * plane[i4[2]] +
-                   w4[3] * plane[i4[3]];
-        }
-      }
+  for_each_plane_and_tap(static_cast<const float*>(params[1]), g,
+                         [&](int64_t n, int64_t c, int k, const int32_t* index,
+                             const float* weight) {
+    const float* plane = x + (n * g.channels + c) * g.plane();
+    float* row = columns + g.row_start(c, k, n);
+    for (int64_t p = 0; p < g.out_plane(); ++p) {
+      const int32_t* i4 = index + 4 * p;
+      const float* w4 = weight + 4 * p;
+      row[p] = w4[0] * plane[i4[0]] + w4[1] * plane[i4[1]] + w4[2] * plane[i4[2]] +
+               w4[3] * plane[i4[3]];
     }
-  }
+  });
   return 0;
 }
 
 // Gradient with respect to x. inputs: x, offset_mask, stride, d_columns; output: d_x [N, C, H, W].
 extern "C" int DeformIm2colGradInput(int nparam, void** params, int* ndims, int64_t** shapes,
                                      const char** dtypes, void* stream, void* extra) {
-  const float* offset_mask = static_cast<const float*>(params[1]);
   const float* d_columns = static_cast<const float*>(params[3]);
   float* d_x = static_cast<float*>(params[4]);
   const Geometry g = read_geometry(shapes, params[2]);
-  const int64_t out_plane = g.out_plane();
   std::fill(d_x, d_x + g.batch * g.channels * g.plane(), 0.f);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const SampleTable table(offset_mask + n * 3 * kTaps * out_plane, g);
-    for (int k = 0; k < kTaps; ++k) {
-      const int32_t* index = table.index.data() + 4 * k * out_plane;
-      const float* weight = table.weight.data() + 4 * k * out_plane;
-      // One thread per input plane: the scatter into a plane never races.
-#pragma omp parallel for schedule(static)
-      for (int64_t c = 0; c < g.channels; ++c) {
-        float* plane = d_x + (n * g.channels + c) * g.plane();
-        const float* row = d_columns + g.row_start(c, k, n);
-        for (int64_t p = 0; p < out_plane; ++p) {
-          const int32_t* i4 = index + 4 * p;
-          const float* w4 = weight + 4 * p;
-          const float grad = row[p];
-          plane[i4[0]] += w4[0] * grad;
-          plane[i4[1]] += w4[1] * grad;
-          plane[i4[2]] += w4[2] * grad;
-          plane[i4[3]] += w4[3] * grad;
-        }
-      }
+  for_each_plane_and_tap(static_cast<const float*>(params[1]), g,
+                         [&](int64_t n, int64_t c, int k, const int32_t* index,
+                             const float* weight) {
+    float* plane = d_x + (n * g.channels + c) * g.plane();
+    const float* row = d_columns + g.row_start(c, k, n);
+    for (int64_t p = 0; p < g.out_plane(); ++p) {
+      const int32_t* i4 = index + 4 * p;
+      const float* w4 = weight + 4 * p;
+      const float grad = row[p];
+      plane[i4[0]] += w4[0] * grad;
+      plane[i4[1]] += w4[1] * grad;
+      plane[i4[2]] += w4[2] * grad;
+      plane[i4[3]] += w4[3] * grad;
     }
-  }
+  });
   return 0;
 }
 

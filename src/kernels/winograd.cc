@@ -10,6 +10,7 @@
 //   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 // Layouts: V [16, C, N*T], M [16, O, N*T], element k = 4*row + column of the tile.
 // Every function has the MindSpore aot signature; params = inputs then outputs.
+#include <algorithm>
 #include <cstdint>
 
 namespace {
@@ -51,12 +52,37 @@ inline void output_1d_adjoint(const float* y, float* m, int y_step, int m_step) 
 }
 
 struct Tiling {
-  int64_t batch, height, width, tiles_y, tiles_x;
-  Tiling(int64_t n, int64_t h, int64_t w)
-      : batch(n), height(h), width(w), tiles_y(num_tiles(h)), tiles_x(num_tiles(w)) {}
-  int64_t per_image() const { return tiles_y * tiles_x; }
-  int64_t columns() const { return batch * per_image(); }
+  int64_t batch, channels, height, width, tiles_y, tiles_x;
+  Tiling(int64_t n, int64_t c, int64_t h, int64_t w)
+      : batch(n), channels(c), height(h), width(w), tiles_y(num_tiles(h)), tiles_x(num_tiles(w)) {}
+  int64_t columns() const { return batch * tiles_y * tiles_x; }
+  // Offset of tile (n, i, j) of channel c in a [16, C, N*T] array; element k adds
+  // k * element_stride().
+  int64_t column(int64_t n, int64_t c, int64_t i, int64_t j) const {
+    return c * columns() + (n * tiles_y + i) * tiles_x + j;
+  }
+  int64_t element_stride() const { return channels * columns(); }
+  const float* plane(const float* images, int64_t n, int64_t c) const {
+    return images + (n * channels + c) * height * width;
+  }
+  float* plane(float* images, int64_t n, int64_t c) const {
+    return images + (n * channels + c) * height * width;
+  }
 };
+
+// Calls body(n, c, i, j) for every tile (i, j) of every plane (n, c); planes are split
+// between threads, so a thread owns the tiles of its planes.
+template <typename Body>
+void for_each_tile(const Tiling& tiling, Body body) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < tiling.batch; ++n) {
+    for (int64_t c = 0; c < tiling.channels; ++c) {
+      for (int64_t i = 0; i < tiling.tiles_y; ++i) {
+        for (int64_t j = 0; j < tiling.tiles_x; ++j) body(n, c, i, j);
+      }
+    }
+  }
+}
 
 }  // namespace
 
@@ -65,33 +91,23 @@ extern "C" int WinogradInput(int nparam, void** params, int* ndims, int64_t** sh
                              const char** dtypes, void* stream, void* extra) {
   const float* x = static_cast<const float*>(params[0]);
   float* v = static_cast<float*>(params[1]);
-  const int64_t channels = shapes[0][1];
-  const Tiling tiling(shapes[0][0], shapes[0][2], shapes[0][3]);
-  const int64_t element_stride = channels * tiling.columns();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < tiling.batch; ++n) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const float* plane = x + (n * channels + c) * tiling.height * tiling.width;
-      float* out = v + c * tiling.columns() + n * tiling.per_image();
-      for (int64_t i = 0; i < tiling.tiles_y; ++i) {
-        for (int64_t j = 0; j < tiling.tiles_x; ++j) {
-          float d[16];
-          for (int r = 0; r < 4; ++r) {
-            const int64_t y = 2 * i - 1 + r;
-            for (int s = 0; s < 4; ++s) {
-              const int64_t xx = 2 * j - 1 + s;
-              const bool inside = y >= 0 && y < tiling.height && xx >= 0 && xx < tiling.width;
-              d[4 * r + s] = inside ? plane[y * tiling.width + xx] : 0.f;
-            }
-          }
-          for (int s = 0; s < 4; ++s) input_1d(d + s, d + s, 4);
-          for (int r = 0; r < 4; ++r) input_1d(d + 4 * r, d + 4 * r, 1);
-          float* column = out + i * tiling.tiles_x + j;
-          for (int k = 0; k < 16; ++k) column[k * element_stride] = d[k];
-        }
+  const Tiling tiling(shapes[0][0], shapes[0][1], shapes[0][2], shapes[0][3]);
+  for_each_tile(tiling, [&](int64_t n, int64_t c, int64_t i, int64_t j) {
+    const float* plane = tiling.plane(x, n, c);
+    float d[16];
+    for (int r = 0; r < 4; ++r) {
+      const int64_t y = 2 * i - 1 + r;
+      for (int s = 0; s < 4; ++s) {
+        const int64_t xx = 2 * j - 1 + s;
+        const bool inside = y >= 0 && y < tiling.height && xx >= 0 && xx < tiling.width;
+        d[4 * r + s] = inside ? plane[y * tiling.width + xx] : 0.f;
       }
     }
-  }
+    for (int s = 0; s < 4; ++s) input_1d(d + s, d + s, 4);
+    for (int r = 0; r < 4; ++r) input_1d(d + 4 * r, d + 4 * r, 1);
+    float* column = v + tiling.column(n, c, i, j);
+    for (int k = 0; k < 16; ++k) column[k * tiling.element_stride()] = d[k];
+  });
   return 0;
 }
 
@@ -101,35 +117,25 @@ extern "C" int WinogradInputGrad(int nparam, void** params, int* ndims, int64_t*
                                  const char** dtypes, void* stream, void* extra) {
   const float* dv = static_cast<const float*>(params[0]);
   float* dx = static_cast<float*>(params[2]);
-  const int64_t channels = shapes[0][1];
-  const Tiling tiling(shapes[1][0], shapes[1][1], shapes[1][2]);
-  const int64_t element_stride = channels * tiling.columns();
-  // One thread per plane: overlapping patches of a plane are summed by one thread.
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < tiling.batch; ++n) {
-    for (int64_t c = 0; c < channels; ++c) {
-      float* plane = dx + (n * channels + c) * tiling.height * tiling.width;
-      const float* in = dv + c * tiling.columns() + n * tiling.per_image();
-      for (int64_t q = 0; q < tiling.height * tiling.width; ++q) plane[q] = 0.f;
-      for (int64_t i = 0; i < tiling.tiles_y; ++i) {
-        for (int64_t j = 0; j < tiling.tiles_x; ++j) {
-          const float* column = in + i * tiling.tiles_x + j;
-          float d[16];
-          for (int k = 0; k < 16; ++k) d[k] = column[k * element_stride];
-          for (int r = 0; r < 4; ++r) input_1d_adjoint(d + 4 * r, d + 4 * r, 1);
-          for (int s = 0; s < 4; ++s) input_1d_adjoint(d + s, d + s, 4);
-          for (int r = 0; r < 4; ++r) {
-            const int64_t y = 2 * i - 1 + r;
-            if (y < 0 || y >= tiling.height) continue;
-            for (int s = 0; s < 4; ++s) {
-              const int64_t xx = 2 * j - 1 + s;
-              if (xx >= 0 && xx < tiling.width) plane[y * tiling.width + xx] += d[4 * r + s];
-            }
-          }
-        }
+  const Tiling tiling(shapes[1][0], shapes[0][1], shapes[1][1], shapes[1][2]);
+  std::fill(dx, dx + tiling.batch * tiling.channels * tiling.height * tiling.width, 0.f);
+  // Overlapping patches of a plane are summed by the thread that owns the plane.
+  for_each_tile(tiling, [&](int64_t n, int64_t c, int64_t i, int64_t j) {
+    float* plane = tiling.plane(dx, n, c);
+    const float* column = dv + tiling.column(n, c, i, j);
+    float d[16];
+    for (int k = 0; k < 16; ++k) d[k] = column[k * tiling.element_stride()];
+    for (int r = 0; r < 4; ++r) input_1d_adjoint(d + 4 * r, d + 4 * r, 1);
+    for (int s = 0; s < 4; ++s) input_1d_adjoint(d + s, d + s, 4);
+    for (int r = 0; r < 4; ++r) {
+      const int64_t y = 2 * i - 1 + r;
+      if (y < 0 || y >= tiling.height) continue;
+      for (int s = 0; s < 4; ++s) {
+        const int64_t xx = 2 * j - 1 + s;
+        if (xx >= 0 && xx < tiling.width) plane[y * tiling.width + xx] += d[4 * r + s];
       }
     }
-  }
+  });
   return 0;
 }
 
@@ -138,33 +144,23 @@ extern "C" int WinogradOutput(int nparam, void** params, int* ndims, int64_t** s
                               const char** dtypes, void* stream, void* extra) {
   const float* m = static_cast<const float*>(params[0]);
   float* y = static_cast<float*>(params[2]);
-  const int64_t channels = shapes[0][1];
-  const Tiling tiling(shapes[1][0], shapes[1][1], shapes[1][2]);
-  const int64_t element_stride = channels * tiling.columns();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < tiling.batch; ++n) {
-    for (int64_t o = 0; o < channels; ++o) {
-      const float* in = m + o * tiling.columns() + n * tiling.per_image();
-      float* plane = y + (n * channels + o) * tiling.height * tiling.width;
-      for (int64_t i = 0; i < tiling.tiles_y; ++i) {
-        for (int64_t j = 0; j < tiling.tiles_x; ++j) {
-          const float* column = in + i * tiling.tiles_x + j;
-          float tile[16], rows[8], out[4];
-          for (int k = 0; k < 16; ++k) tile[k] = column[k * element_stride];
-          for (int s = 0; s < 4; ++s) output_1d(tile + s, rows + s, 4, 4);
-          for (int r = 0; r < 2; ++r) output_1d(rows + 4 * r, out + 2 * r, 1, 1);
-          for (int r = 0; r < 2; ++r) {
-            const int64_t yy = 2 * i + r;
-            if (yy >= tiling.height) continue;
-            for (int s = 0; s < 2; ++s) {
-              const int64_t xx = 2 * j + s;
-              if (xx < tiling.width) plane[yy * tiling.width + xx] = out[2 * r + s];
-            }
-          }
-        }
+  const Tiling tiling(shapes[1][0], shapes[0][1], shapes[1][1], shapes[1][2]);
+  for_each_tile(tiling, [&](int64_t n, int64_t o, int64_t i, int64_t j) {
+    float* plane = tiling.plane(y, n, o);
+    const float* column = m + tiling.column(n, o, i, j);
+    float tile[16], rows[8], out[4];
+    for (int k = 0; k < 16; ++k) tile[k] = column[k * tiling.element_stride()];
+    for (int s = 0; s < 4; ++s) output_1d(tile + s, rows + s, 4, 4);
+    for (int r = 0; r < 2; ++r) output_1d(rows + 4 * r, out + 2 * r, 1, 1);
+    for (int r = 0; r < 2; ++r) {
+      const int64_t yy = 2 * i + r;
+      if (yy >= tiling.height) continue;
+      for (int s = 0; s < 2; ++s) {
+        const int64_t xx = 2 * j + s;
+        if (xx < tiling.width) plane[yy * tiling.width + xx] = out[2 * r + s];
       }
     }
-  }
+  });
   return 0;
 }
 
@@ -173,31 +169,21 @@ extern "C" int WinogradOutputGrad(int nparam, void** params, int* ndims, int64_t
                                   const char** dtypes, void* stream, void* extra) {
   const float* dy = static_cast<const float*>(params[0]);
   float* dm = static_cast<float*>(params[1]);
-  const int64_t channels = shapes[0][1];
-  const Tiling tiling(shapes[0][0], shapes[0][2], shapes[0][3]);
-  const int64_t element_stride = channels * tiling.columns();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < tiling.batch; ++n) {
-    for (int64_t o = 0; o < channels; ++o) {
-      const float* plane = dy + (n * channels + o) * tiling.height * tiling.width;
-      float* out = dm + o * tiling.columns() + n * tiling.per_image();
-      for (int64_t i = 0; i < tiling.tiles_y; ++i) {
-        for (int64_t j = 0; j < tiling.tiles_x; ++j) {
-          float grad[4], rows[8], tile[16];
-          for (int r = 0; r < 2; ++r) {
-            for (int s = 0; s < 2; ++s) {
-              const int64_t yy = 2 * i + r, xx = 2 * j + s;
-              const bool inside = yy < tiling.height && xx < tiling.width;
-              grad[2 * r + s] = inside ? plane[yy * tiling.width + xx] : 0.f;
-            }
-          }
-          for (int r = 0; r < 2; ++r) output_1d_adjoint(grad + 2 * r, rows + 4 * r, 1, 1);
-          for (int s = 0; s < 4; ++s) output_1d_adjoint(rows + s, tile + s, 4, 4);
-          float* column = out + i * tiling.tiles_x + j;
-          for (int k = 0; k < 16; ++k) column[k * element_stride] = tile[k];
-        }
+  const Tiling tiling(shapes[0][0], shapes[0][1], shapes[0][2], shapes[0][3]);
+  for_each_tile(tiling, [&](int64_t n, int64_t o, int64_t i, int64_t j) {
+    const float* plane = tiling.plane(dy, n, o);
+    float grad[4], rows[8], tile[16];
+    for (int r = 0; r < 2; ++r) {
+      for (int s = 0; s < 2; ++s) {
+        const int64_t yy = 2 * i + r, xx = 2 * j + s;
+        const bool inside = yy < tiling.height && xx < tiling.width;
+        grad[2 * r + s] = inside ? plane[yy * tiling.width + xx] : 0.f;
       }
     }
-  }
+    for (int r = 0; r < 2; ++r) output_1d_adjoint(grad + 2 * r, rows + 4 * r, 1, 1);
+    for (int s = 0; s < 4; ++s) output_1d_adjoint(rows + s, tile + s, 4, 4);
+    float* column = dm + tiling.column(n, o, i, j);
+    for (int k = 0; k < 16; ++k) column[k * tiling.element_stride()] = tile[k];
+  });
   return 0;
 }
