@@ -45,7 +45,7 @@ from src.config.schema import replace  # noqa: E402
 from src.config.variants import VARIANTS  # noqa: E402
 from src.inference import build_inference_net  # noqa: E402
 from src.model.build import build_model  # noqa: E402
-from src.model.dcn import ModulatedDeformConv2d  # noqa: E402
+from src.model.dcn import IMPLS as DCN_IMPLS, ModulatedDeformConv2d  # noqa: E402
 from src.model.resnet import ResNet, uses_dcn  # noqa: E402
 from src.postprocess.masks import assemble_masks_tensor  # noqa: E402
 from src.train.context import init_context  # noqa: E402
@@ -57,7 +57,6 @@ OFFSET_WEIGHT_STD = 1e-3
 # --impl: the C++ CPU kernels (DCN sampling, Winograd head convs) or MindSpore primitives only
 # with the fast or the native DCN.
 IMPLS = ("kernel", "fast", "native")
-DCN_IMPLS = ("kernel", "fast", "native")
 
 
 def impl_changes(impl):
