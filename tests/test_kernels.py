@@ -103,6 +103,14 @@ def test_model_same_on_cpu_kernels_and_portable():
         np.testing.assert_allclose(got.asnumpy(), expected, atol=2e-5 * scale, rtol=0)
 
 
+def test_auto_without_a_compiler_warns_and_stays_portable(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    config = tiny_config()
+    with pytest.warns(UserWarning, match="install g\\+\\+"):
+        assert not uses_cpu_kernels(config)
+    assert uses_cpu_kernels(replace(config, **{"model.kernels": "cpu"}))  # fails at build
+
+
 def test_library_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("YOLACT_KERNEL_CACHE", str(tmp_path))
     first = build.library_path.__wrapped__("winograd")

@@ -38,6 +38,11 @@ def _cpu_signature():
         return platform.processor() + platform.machine()
 
 
+def find_compiler():
+    """Path of the C++ compiler (``$CXX``, default ``g++``), or None when it is not on PATH."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 @functools.lru_cache(maxsize=None)
 def library_path(name):
     """Path of the compiled ``<name>.cc`` of this folder, compiling it if needed.
@@ -46,7 +51,7 @@ def library_path(name):
         KernelBuildError: no C++ compiler, or the compiler failed (its output is included).
     """
     source = os.path.join(SOURCE_DIR, name + ".cc")
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    compiler = find_compiler()
     if compiler is None:
         raise KernelBuildError(
             f"the CPU kernels ({source}) need a C++ compiler with OpenMP (g++): none found on "

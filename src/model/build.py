@@ -1,7 +1,10 @@
 """``build_model(config)``: the one place where the config meets the constructors."""
+import warnings
+
 import mindspore as ms
 
 from src.box.priors import feature_map_sizes, make_priors
+from src.kernels.build import find_compiler
 from src.model.fpn import FPN
 from src.model.maskiou_net import MaskIoUNet
 from src.model.prediction_head import PredictionHead
@@ -16,7 +19,10 @@ KERNEL_CHOICES = ("auto", "cpu", "portable")
 
 
 def uses_cpu_kernels(config):
-    """Whether ``config.model.kernels`` selects the C++ CPU kernels on the current device."""
+    """Whether ``config.model.kernels`` selects the C++ CPU kernels on the current device.
+
+    ``auto`` on the CPU device without a C++ compiler warns and takes the portable path.
+    """
     kernels = config.model.kernels
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"config '{config.name}': model.kernels must be one of {KERNEL_CHOICES}, "
@@ -25,6 +31,11 @@ def uses_cpu_kernels(config):
     if kernels == "cpu" and not on_cpu:
         raise ValueError(f"config '{config.name}': model.kernels=cpu needs the CPU device, the "
                          f"device is {ms.get_context('device_target')}; use auto or portable")
+    if kernels == "auto" and on_cpu and find_compiler() is None:
+        warnings.warn("model.kernels=auto: no C++ compiler (g++ or $CXX) found, so the C++ CPU "
+                      "kernels are off and the model runs on MindSpore primitives (slower on "
+                      "CPU, same results); install g++ to use them", stacklevel=2)
+        return False
     return kernels == "cpu" or (kernels == "auto" and on_cpu)
 
 
