@@ -85,20 +85,31 @@ struct SampleTable {
   }
 };
 
+// One SampleTable per image.
+std::vector<SampleTable> image_tables(const float* offset_mask, const Geometry& g) {
+  std::vector<SampleTable> tables;
+  tables.reserve(g.batch);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    tables.emplace_back(offset_mask + n * 3 * kTaps * g.out_plane(), g);
+  }
+  return tables;
+}
+
 // Calls body(n, c, k, index, weight) for every image n, channel c and tap k, with the tap's
 // corner indices and weights, [Ho*Wo, 4] each. Taps run one after the other so that a tap's
-// part of the table stays in cache for every channel; channels are split between threads, so
-// a thread owns its planes and a scatter into one never races.
+// part of the tables stays in cache for every channel; (image, channel) planes are split
+// between threads, so a thread owns its planes and a scatter into one never races.
 template <typename Body>
 void for_each_plane_and_tap(const float* offset_mask, const Geometry& g, Body body) {
-  const int64_t out_plane = g.out_plane();
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const SampleTable table(offset_mask + n * 3 * kTaps * out_plane, g);
-    for (int k = 0; k < kTaps; ++k) {
-      const int32_t* index = table.index.data() + 4 * k * out_plane;
-      const float* weight = table.weight.data() + 4 * k * out_plane;
-#pragma omp parallel for schedule(static)
-      for (int64_t c = 0; c < g.channels; ++c) body(n, c, k, index, weight);
+  const std::vector<SampleTable> tables = image_tables(offset_mask, g);
+  const int64_t tap_offset = 4 * g.out_plane();
+  for (int k = 0; k < kTaps; ++k) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < g.batch; ++n) {
+      for (int64_t c = 0; c < g.channels; ++c) {
+        body(n, c, k, tables[n].index.data() + k * tap_offset,
+             tables[n].weight.data() + k * tap_offset);
+      }
     }
   }
 }
@@ -164,16 +175,18 @@ extern "C" int DeformIm2colGradOffsetMask(int nparam, void** params, int* ndims,
   const Geometry g = read_geometry(shapes, params[2]);
   const int64_t out_plane = g.out_plane();
   constexpr int64_t kBlock = 512;  // samples per thread task: their sums stay in registers/L1
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const SampleTable table(offset_mask + n * 3 * kTaps * out_plane, g);
-    float* d_dx = d_offset_mask + n * 3 * kTaps * out_plane;
-    float* d_dy = d_dx + kTaps * out_plane;
-    float* d_modulation = d_dy + kTaps * out_plane;
-    for (int k = 0; k < kTaps; ++k) {
-      const int64_t num_blocks = (out_plane + kBlock - 1) / kBlock;
-      // Each sample sums over the channels; blocks of samples are split between threads.
-#pragma omp parallel for schedule(static)
+  const int64_t num_blocks = (out_plane + kBlock - 1) / kBlock;
+  const std::vector<SampleTable> tables = image_tables(offset_mask, g);
+  for (int k = 0; k < kTaps; ++k) {
+    // Each sample sums over the channels; (image, block of samples) tasks are split between
+    // threads.
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < g.batch; ++n) {
       for (int64_t b = 0; b < num_blocks; ++b) {
+        const SampleTable& table = tables[n];
+        float* d_dx = d_offset_mask + n * 3 * kTaps * out_plane;
+        float* d_dy = d_dx + kTaps * out_plane;
+        float* d_modulation = d_dy + kTaps * out_plane;
         const int64_t begin = b * kBlock, end = std::min(begin + kBlock, out_plane);
         float sum_dx[kBlock] = {}, sum_dy[kBlock] = {}, sum_mod[kBlock] = {};
         for (int64_t c = 0; c < g.channels; ++c) {
