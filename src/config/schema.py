@@ -45,8 +45,8 @@ class ModelConfig:
     maskiou_channels: Tuple[int, ...] = (8, 16, 32, 64, 128)
     # "cpu": the C++ CPU kernels (DCN sampling, Winograd 3x3 convs outside the backbone; need
     # g++ and the CPU device); "portable": MindSpore primitives only, any device (the DCN per
-    # backbone.dcn_impl); "auto": cpu on the CPU device, else portable. Same parameters and
-    # results either way.
+    # backbone.dcn_impl); "auto": cpu on the CPU device when a C++ compiler is found, else
+    # portable. Same parameters and results either way.
     kernels: str = "auto"
 
     @property
