@@ -121,6 +121,14 @@ def test_library_is_cached(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(first)]  # no temp left
 
 
+def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("YOLACT_KERNEL_CACHE", str(blocker / "kernels"))
+    with pytest.raises(build.KernelBuildError, match="YOLACT_KERNEL_CACHE"):
+        build.library_path.__wrapped__("winograd")
+
+
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("YOLACT_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")

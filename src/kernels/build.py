@@ -48,7 +48,8 @@ def library_path(name):
     """Path of the compiled ``<name>.cc`` of this folder, compiling it if needed.
 
     Raises:
-        KernelBuildError: no C++ compiler, or the compiler failed (its output is included).
+        KernelBuildError: no C++ compiler, an unwritable cache folder, or the compiler failed
+            (its output is included).
     """
     source = os.path.join(SOURCE_DIR, name + ".cc")
     compiler = find_compiler()
@@ -64,8 +65,13 @@ def library_path(name):
     target = os.path.join(cache_dir(), f"{name}-{digest}.so")
     if os.path.exists(target):
         return target
-    os.makedirs(cache_dir(), exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    except OSError as error:
+        raise KernelBuildError(
+            f"cannot write the compiled CPU kernels to {cache_dir()} ({error.strerror}); set "
+            "YOLACT_KERNEL_CACHE to a writable folder, or use model.kernels=portable") from None
     os.close(handle)
     try:
         result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, source],
