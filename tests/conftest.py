@@ -11,12 +11,30 @@ set_cpu_env_defaults()
 os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 
 import mindspore as ms  # noqa: E402
+from mindspore import ops  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
 
 FIXTURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "..", "shared", "fixtures")
+
+
+def loss_and_grads(layer, x, cotangent):
+    """sum(layer(x) * cotangent) and its gradients wrt x and every parameter, as numpy; the
+    gradients by parameter name (relative to ``layer``)."""
+    def loss_fn(inputs):
+        return (layer(inputs) * cotangent).sum()
+
+    grad_fn = ops.value_and_grad(loss_fn, grad_position=0, weights=layer.trainable_params())
+
+    @ms.jit
+    def step(inputs):
+        return grad_fn(inputs)
+
+    loss, (grad_x, grad_params) = step(x)
+    names = [p.name for p in layer.trainable_params()]
+    return loss.asnumpy(), grad_x.asnumpy(), {n: g.asnumpy() for n, g in zip(names, grad_params)}
 
 
 def load_authors_fixture():

@@ -3,8 +3,8 @@ other (forward and gradients), and on hand-checkable cases."""
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import ops
 
+from conftest import loss_and_grads
 from src.model.dcn import ModulatedDeformConv2d, dcnv2_offset_channel_order
 
 N, C_IN, C_OUT, SIZE = 2, 4, 5, 7
@@ -130,22 +130,6 @@ def test_matches_dcnv2_reference(layers, impl, stride):
     got = run(layer, params["x"])
     assert got.shape == (N, C_OUT, (SIZE - 1) // stride + 1, (SIZE - 1) // stride + 1)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-
-
-def loss_and_grads(layer, x, cotangent):
-    """sum(layer(x) * cotangent) and its gradients wrt x and every parameter."""
-    def loss_fn(inputs):
-        return (layer(inputs) * cotangent).sum()
-
-    grad_fn = ops.value_and_grad(loss_fn, grad_position=0, weights=layer.trainable_params())
-
-    @ms.jit
-    def step(inputs):
-        return grad_fn(inputs)
-
-    loss, (grad_x, grad_params) = step(x)
-    names = [p.name for p in layer.trainable_params()]
-    return loss.asnumpy(), grad_x.asnumpy(), {n: g.asnumpy() for n, g in zip(names, grad_params)}
 
 
 @pytest.mark.parametrize("stride", STRIDES)
