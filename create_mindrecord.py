@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from src.utils.cpu_env import set_cpu_env_defaults
+from src.runtime import set_cpu_env_defaults
 
 
 def parse_args(argv=None):

@@ -1,40 +1,49 @@
 """Evaluate YOLACT / YOLACT++ on a COCO-format split (box and mask AP), benchmark it, or draw
-its detections on images, folders and videos."""
+its detections on images, folders and videos.
+
+Post-processing (``eval.*``) and drawing (``draw.*``) settings are config keys; the flags
+below are shorthands for some of them, ``--opts KEY=VALUE`` sets any other.
+"""
 import argparse
 import sys
 
-from src.utils.cpu_env import set_cpu_env_defaults
+from src.config.options import ConfigOptions
+from src.runtime import add_device_argument, set_cpu_env_defaults
+
+OPTIONS = ConfigOptions(
+    flags={"batch_size": "eval.batch_size", "draw_score_threshold": "draw.score_threshold",
+           "draw_top_k": "draw.top_k"},
+    sections=("eval", "draw"))
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="yolact_plus_resnet50",
-                        help="variant name (src/config/variants.py) or a YAML file")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    OPTIONS.add_to(parser)
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--ckpt", help="checkpoint (trained, or converted from the authors' .pth)")
     weights.add_argument("--mindir", help="a MINDIR written by export.py")
-    parser.add_argument("--device_target", default="CPU", choices=("Ascend", "GPU", "CPU"))
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="images per network call (a MINDIR fixes its own)")
+    add_device_argument(parser)
     coco = parser.add_argument_group("COCO evaluation")
     coco.add_argument("--ann_file", help="COCO-format annotations of the split, e.g. "
                                          "annotations/instances_val2017.json")
     coco.add_argument("--image_dir", help="the split's images, e.g. val2017/")
-    coco.add_argument("--mindrecord_dir", help="read the images from create_mindrecord.py output instead")
+    coco.add_argument("--mindrecord_dir", help="read the images from create_mindrecord.py "
+                                               "output instead")
     coco.add_argument("--split", default="val", help="MindRecord split to read")
     coco.add_argument("--max_images", type=int, default=0, help="evaluate only the first N images")
     coco.add_argument("--output_json", default="",
                       help="write results to PREFIX_bbox.json and PREFIX_segm.json")
     coco.add_argument("--benchmark", action="store_true",
                       help="time the stages and print FPS instead of computing AP")
-    media = parser.add_argument_group("pictures")
+    media = parser.add_argument_group("pictures (drawn with the draw.* keys)")
     media.add_argument("--image", help="IN.jpg:OUT.png")
     media.add_argument("--images", help="IN_DIR:OUT_DIR")
     media.add_argument("--video", help="IN.mp4:OUT.mp4")
-    media.add_argument("--score_threshold", type=float, default=0.3,
-                       help="drawing: hide detections below this score")
-    media.add_argument("--top_k", type=int, default=15, help="drawing: at most this many per image")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.ann_file or args.image or args.images or args.video):
         parser.error("give --ann_file (COCO evaluation) or --image / --images / --video")
@@ -46,21 +55,21 @@ def parse_args(argv=None):
 
 
 def run(args):
-    from src.annotate import annotate_folder, annotate_image, annotate_video, split_pair
     from src.config.load import load_config
-    from src.deploy import ExportedDetector
     from src.evaluation.evaluate import (evaluated_image_ids, images_from_folder,
                                          images_from_mindrecord, load_ground_truth,
                                          run_benchmark, run_coco_evaluation)
-    from src.inference import Detector
+    from src.inference import Detector, ExportedDetector
+    from src.inference.annotate import (annotate_folder, annotate_image, annotate_video,
+                                        split_pair)
 
-    config = load_config(args.config, args.opts)
+    config = load_config(args.config, args.opts, OPTIONS.given(args))
     if args.mindir:
         detector = ExportedDetector(args.mindir, config, args.device_target)
     else:
-        detector = Detector(config, args.ckpt, args.device_target, batch_size=args.batch_size)
+        detector = Detector(config, args.ckpt, args.device_target)
     names = config.data.class_names
-    drawing = {"score_threshold": args.score_threshold, "top_k": args.top_k}
+    drawing = {"score_threshold": config.draw.score_threshold, "top_k": config.draw.top_k}
     if args.image:
         source, target = split_pair(args.image, "--image")
         result = annotate_image(detector, source, target, names, **drawing)
@@ -72,7 +81,7 @@ def run(args):
         source, target = split_pair(args.video, "--video")
         print(f"wrote {annotate_video(detector, source, target, names, **drawing)} frames to {target}")
     if args.ann_file:
-        coco_gt, category_ids = load_ground_truth(args.ann_file, config.num_classes - 1)
+        coco_gt, category_ids = load_ground_truth(args.ann_file, config.num_fg_classes)
         image_ids = evaluated_image_ids(coco_gt, args.max_images)
         if args.mindrecord_dir:
             images = images_from_mindrecord(args.mindrecord_dir, args.split, image_ids)
@@ -88,16 +97,17 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     set_cpu_env_defaults()
-    from src.annotate import MediaError
+    from src.checkpoint import CheckpointError
     from src.config.load import ConfigError
     from src.data.coco import DatasetError
-    from src.deploy import DeployError
-    from src.utils.checkpoint import CheckpointError
+    from src.inference.annotate import MediaError
+    from src.inference.exported import DeployError
+    from src.kernels.build import KernelBuildError
 
     try:
         run(args)
     except (ConfigError, DatasetError, CheckpointError, DeployError, MediaError,
-            ValueError) as error:
+            KernelBuildError, ValueError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2
     return 0

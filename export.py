@@ -1,52 +1,51 @@
 """Export the inference graph of a checkpoint to MINDIR (any device) or AIR (Ascend).
 
-    python export.py --config yolact_plus_resnet50 --ckpt yolact.ckpt \
+    python export.py --config yolact_plus_resnet50 --ckpt yolact.ckpt \\
         --file_format MINDIR --file_name yolact_plus_resnet50
 
 writes ``yolact_plus_resnet50.mindir`` (MindSpore appends the format's suffix), reloads it
 and checks that it computes what the checkpoint computes (``--no_verify`` skips that). The
-graph's inputs and outputs are documented in ``src/deploy.py``. Errors are printed as one
-line, exit code 2.
+graph's inputs and outputs are documented in ``src/inference/net.py``. Errors are printed as
+one line, exit code 2.
 """
 import argparse
 import sys
 
-from src.utils.cpu_env import set_cpu_env_defaults
+from src.config.options import ConfigOptions
+from src.runtime import add_device_argument, set_cpu_env_defaults
+
+OPTIONS = ConfigOptions(flags={"batch_size": "eval.batch_size"}, sections=("eval",))
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="variant name or YAML file")
+    OPTIONS.add_to(parser)
     parser.add_argument("--ckpt", required=True, help="checkpoint of that config")
     parser.add_argument("--file_name", required=True,
                         help="output path; MindSpore appends .mindir / .air when missing")
     parser.add_argument("--file_format", default="MINDIR", help="MINDIR, or AIR on Ascend")
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="images per call of the exported graph")
-    parser.add_argument("--device_target", default="CPU", help="CPU, GPU or Ascend")
+    add_device_argument(parser)
     parser.add_argument("--no_verify", action="store_true",
                         help="skip reloading the MINDIR and comparing it with the checkpoint")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. data.max_size=512")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     set_cpu_env_defaults()
     # After the CPU defaults: these import MindSpore.
+    from src.checkpoint import CheckpointError
     from src.config.load import ConfigError, load_config
-    from src.deploy import VERIFY_TOLERANCE, DeployError, export_checkpoint
-    from src.utils.checkpoint import CheckpointError
+    from src.inference.export import VERIFY_TOLERANCE, DeployError, export_checkpoint
 
     try:
-        config = load_config(args.config, args.opts)
+        config = load_config(args.config, args.opts, OPTIONS.given(args))
         size = config.max_size
-        print(f"exporting {config.name} from {args.ckpt} (input [{args.batch_size}, 3, {size}, "
-              f"{size}]) ...", flush=True)
+        print(f"exporting {config.name} from {args.ckpt} (input [{config.eval.batch_size}, 3, "
+              f"{size}, {size}]) ...", flush=True)
         path, differences = export_checkpoint(
             config, args.ckpt, args.file_name, file_format=args.file_format,
-            batch_size=args.batch_size, device_target=args.device_target, verify=not args.no_verify)
+            device_target=args.device_target, verify=not args.no_verify)
     except (ConfigError, CheckpointError, DeployError) as error:
         print(f"export.py: error: {error}", file=sys.stderr)
         return 2

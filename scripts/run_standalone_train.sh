@@ -37,7 +37,7 @@ prepare_demo_data() {
     MINDRECORD_DIR=$REPO/data/synthetic_mindrecord
     # Regenerates only when the data there came from other arguments or an older generator.
     echo "synthetic data set in $data"
-    (cd "$REPO" && "$PYTHON" -m src.synthetic --out "$data" --overwrite --keep_current) \
+    (cd "$REPO" && "$PYTHON" tools/make_synthetic.py --out "$data" --overwrite --keep_current) \
         || fail "generating the synthetic data set in $data failed"
     local split annotations
     for split in train val; do

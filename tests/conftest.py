@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.utils.cpu_env import set_cpu_env_defaults  # noqa: E402
+from src.runtime import set_cpu_env_defaults  # noqa: E402
 
 set_cpu_env_defaults()
 # The compile cache can silently reuse a stale graph when arguments change.
@@ -15,6 +15,19 @@ from mindspore import ops  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
+
+def _needs_compiler():
+    import pytest
+
+    from src.kernels.build import find_compiler
+
+    return pytest.mark.skipif(find_compiler() is None,
+                              reason="no C++ compiler (g++ or $CXX): the CPU kernels cannot be "
+                                     "built here")
+
+
+# Marks the tests that build the C++ CPU kernels.
+needs_compiler = _needs_compiler()
 
 FIXTURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "..", "shared", "fixtures")
@@ -75,7 +88,7 @@ def save_detecting_checkpoint(config, path, seed=0):
     import numpy as np
 
     from src.model.build import build_model
-    from src.utils.checkpoint import save_checkpoint_atomic
+    from src.checkpoint import save_checkpoint_atomic
 
     ms.set_seed(seed)
     model = build_model(config)
@@ -85,3 +98,15 @@ def save_detecting_checkpoint(config, path, seed=0):
     head.bias.set_data(ms.Tensor(bias))
     save_checkpoint_atomic(model, path)
     return path
+
+
+def load_tool(name):
+    """The module of ``tools/<name>.py`` (the command-line tools are scripts, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        name + ".py")
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from src.config.load import load_config
-from src.convert_weights import (WeightConversionError, convert, convert_state_dict,
-                                 load_torch_state_dict, main)
 from src.model.build import build_model
+from src.utils.weights import (WeightConversionError, convert, convert_state_dict,
+                               load_torch_state_dict)
+from tests.conftest import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 81
@@ -186,7 +187,7 @@ def test_cli_converts_authors_checkpoint_into_every_parameter(plus_r50, tmp_path
     src, dst = tmp_path / "yolact_plus_resnet50_54_800000.pth", tmp_path / "out.ckpt"
     torch.save({key: torch.from_numpy(value) for key, value in state_dict.items()}, src)
     result = subprocess.run(
-        [sys.executable, "-m", "src.convert_weights", "--config", config.name,
+        [sys.executable, os.path.join("tools", "convert_weights.py"), "--config", config.name,
          "--src", str(src), "--dst", str(dst)],
         cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -304,6 +305,7 @@ def test_malicious_pickle_is_refused_without_side_effect(tmp_path, capsys):
     with pytest.raises(WeightConversionError, match="refused.*GLOBAL posix.mkdir"):
         load_torch_state_dict(str(path))
     assert not marker.exists()
+    main = load_tool("convert_weights").main
     assert main(["--config", "yolact_resnet50", "--src", str(path),
                  "--dst", str(tmp_path / "out.ckpt"), "--backbone"]) == 2
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
@@ -339,7 +341,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, expected, tmp_path, capsys):
         args["config"] = "yolact_plus_resnet51"
     if case == "not_ckpt_name":
         args["dst"] = str(tmp_path / "out.bin")
-    assert main([f"--{k}={v}" for k, v in args.items()]) == 2
+    assert load_tool("convert_weights").main([f"--{k}={v}" for k, v in args.items()]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convert_weights: error: ") and err.count("\n") == 1, err
     assert expected in err

@@ -9,14 +9,14 @@ import mindspore.dataset as ds
 
 from src.box.matching import match
 from src.data.coco import load_coco
+from src.config.schema import replace
 from src.data.dataset import (RECORD_COLUMNS, TRAIN_COLUMNS, TrainSampleMaker,
-                              create_eval_dataset, create_train_dataset, epoch_schedule,
-                              target_shapes)
+                              create_train_dataset, epoch_schedule, target_shapes)
 from src.data.mindrecord import shard_paths, write_mindrecord
 from src.data.targets import MatchThresholds
 from src.data.transforms import downsample_masks, normalize_image
 from src.model.build import prior_boxes
-from src.synthetic import generate_dataset
+from src.data.synthetic import generate_dataset
 from tests.conftest import tiny_config
 
 
@@ -132,8 +132,9 @@ def test_pipeline_is_deterministic_and_batched(converted):
     priors = prior_boxes(config)
 
     def first_batch(workers, seed):
-        dataset = create_train_dataset(config, mindrecord_dir, 2, priors, seed=seed,
-                                       num_workers=workers)
+        dataset = create_train_dataset(
+            replace(config, **{"data.num_parallel_workers": workers}), mindrecord_dir, 2,
+            priors, seed=seed)
         return next(dataset.create_tuple_iterator(output_numpy=True, num_epochs=1))
 
     one, two, other = first_batch(1, 0), first_batch(2, 0), first_batch(1, 1)
@@ -152,11 +153,12 @@ def test_pipeline_is_deterministic_and_batched(converted):
     assert not np.array_equal(one[0], other[0]), "another seed should give other samples"
     # 6 images, batch 2: 3 iterations per epoch. Iterations 2-4 cross into epoch 1, and a
     # run resumed at iteration 2 must get exactly the batches of the uninterrupted one.
-    straight = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1,
+    config = replace(config, **{"data.num_parallel_workers": 1})
+    straight = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0,
                                          num_iterations=5)
                     .create_tuple_iterator(output_numpy=True, num_epochs=1))
     assert len(straight) == 5
-    resumed = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0, num_workers=1,
+    resumed = list(create_train_dataset(config, mindrecord_dir, 2, priors, seed=0,
                                         start_iteration=2, num_iterations=3)
                    .create_tuple_iterator(output_numpy=True, num_epochs=1))
     for want, got in zip(straight[2:], resumed):
@@ -175,15 +177,3 @@ def test_epoch_schedule_covers_each_image_once_per_epoch_and_splits_ranks():
     rank1, _ = epoch_schedule(11, batch_size=2, seed=4, rank=1, group_size=2)
     assert per_rank == 4
     assert not set(rank0(0)) & set(rank1(0))
-
-
-def test_eval_pipeline(converted):
-    config, mindrecord_dir, paths = converted
-    coco = COCO(paths["val_annotations"])
-    batches = list(create_eval_dataset(config, mindrecord_dir, batch_size=2)
-                   .create_tuple_iterator(output_numpy=True, num_epochs=1))
-    images, image_ids, heights, widths = batches[0]
-    assert images.shape == (2, 3, 256, 256)
-    for image_id, height, width in zip(image_ids, heights, widths):
-        info = coco.imgs[int(image_id)]
-        assert (int(height), int(width)) == (info["height"], info["width"])

@@ -2,7 +2,7 @@
 argument checks.
 
 The msrun run trains the tiny YOLACT++ for 3 steps at 1 image per process; each rank saves its
-own checkpoints (``TrainOptions.save_all_ranks``). The ranks read different images, so equal
+own checkpoints (``run.save_all_ranks``). The ranks read different images, so equal
 weights after every step mean the gradients were averaged across the processes.
 """
 import os
@@ -29,19 +29,20 @@ STEPS = 3
 DRIVER = """\
 import sys
 sys.path.insert(0, {repo!r})
-from src.utils.cpu_env import set_cpu_env_defaults
+from src.runtime import set_cpu_env_defaults
 set_cpu_env_defaults()
-from src.train.context import init_context
-from src.train.trainer import TrainOptions, train
+from src.runtime import init_context
+from src.train.trainer import train
 from src.utils.logger import setup_logger
 from tests.conftest import tiny_config
 
 context = init_context("CPU", distributed=True)
 setup_logger(context.rank)
-options = TrainOptions(mindrecord_dir={mindrecord!r}, output_dir={output!r}, batch_size=2,
-                       max_iter={steps}, save_every=1, keep_last=0, log_every=1, num_workers=1,
-                       save_all_ranks=True)
-train(tiny_config(num_classes={num_classes}), options, context)
+config = tiny_config(num_classes={num_classes}, **{{
+    "run.mindrecord_dir": {mindrecord!r}, "run.output_dir": {output!r}, "train.batch_size": 2,
+    "run.stop_iter": {steps}, "run.save_every": 1, "run.keep_last": 0, "run.log_every": 1,
+    "data.num_parallel_workers": 1, "run.save_all_ranks": True}})
+train(config, context)
 """
 
 
@@ -86,10 +87,10 @@ def msrun_run(six_images, tmp_path_factory):
 
 
 def test_ranks_read_different_images(six_images):
-    config = tiny_config(num_classes=NUM_CLASSES)
+    config = tiny_config(num_classes=NUM_CLASSES, **{"data.num_parallel_workers": 1})
     first_batches = [
         next(create_train_dataset(config, six_images, 1, prior_boxes(config), rank=rank,
-                                  group_size=2, num_workers=1).create_tuple_iterator(
+                                  group_size=2).create_tuple_iterator(
             num_epochs=1, output_numpy=True))[0] for rank in (0, 1)]
     assert not np.array_equal(*first_batches)
 

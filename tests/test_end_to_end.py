@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from src.synthetic import CATEGORY_IDS, CLASS_NAMES, generate_dataset
-from src.train.checkpoint import list_checkpoints
+from src.data.classes import SHAPE_CLASSES
+from src.data.synthetic import CATEGORY_IDS, generate_dataset
+from src.checkpoint import list_checkpoints
 from tests.conftest import tiny_config
 from tests.test_eval_cli import decode_rle, run_eval_py
 from tests.test_export import run_export
@@ -66,12 +67,12 @@ def chain(tmp_path_factory):
     for split, proc in run.converted.items():
         assert proc.returncode == 0, f"create_mindrecord.py {split}: {proc.stderr[-2000:]}"
 
-    run.config = tiny_config(num_classes=len(CLASS_NAMES) + 1,
-                             **{"data.class_names": CLASS_NAMES})
+    run.config = tiny_config(num_classes=len(SHAPE_CLASSES) + 1,
+                             **{"data.class_names": SHAPE_CLASSES})
     run.yaml = write_config_yaml(root / "tiny_shapes.yaml", run.config)
     run.output_dir = str(root / "train_out")
     run.trained = run_train_py(["--config", run.yaml, "--mindrecord_dir", run.mindrecord,
-                                "--batch_size", "2", "--max_iter", str(MAX_ITER),
+                                "--batch_size", "2", "--stop_iter", str(MAX_ITER),
                                 "--save_every", str(MAX_ITER), "--log_every", "1",
                                 "--num_workers", "1", "--output_dir", run.output_dir],
                                timeout=600)

@@ -119,7 +119,7 @@ def drawn(inputs):
         "--image", f"{inputs.scene}:{result.image}",
         "--images", f"{inputs.folder}:{result.folder}",
         "--video", f"{inputs.video}:{result.video}",
-        "--score_threshold", str(SCORE_THRESHOLD), "--top_k", str(TOP_K),
+        "--draw_score_threshold", str(SCORE_THRESHOLD), "--draw_top_k", str(TOP_K),
         "--ann_file", inputs.ann_file, "--image_dir", str(inputs.folder),
         "--output_json", result.prefix)
     assert result.proc.returncode == 0, result.proc.stderr[-3000:]

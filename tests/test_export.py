@@ -1,4 +1,4 @@
-"""export.py and src.deploy on a tiny YOLACT++: MINDIR round trip, ExportedDetector, CLI errors."""
+"""export.py and src.inference.export on a tiny YOLACT++: MINDIR round trip, ExportedDetector, CLI errors."""
 import math
 import os
 import subprocess
@@ -11,10 +11,11 @@ import pytest
 import mindspore as ms
 
 from src.config.load import load_config
-from src.deploy import (DeployError, ExportedDetector, check_differences, compare_with_exported,
-                        export_checkpoint, exported_input_shape, exported_path,
-                        load_exported)
-from src.inference import Detector
+from src.config.schema import replace
+from src.inference import Detector, ExportedDetector
+from src.inference.export import (check_differences, compare_with_exported, export_checkpoint,
+                                  exported_path)
+from src.inference.exported import DeployError, exported_input_shape, load_exported
 from tests.conftest import save_detecting_checkpoint, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def test_mindir_outputs_equal_the_checkpoints_inference_net(exported, detector):
     reference = [o.asnumpy() for o in detector.net(images)]
     _, classes, box_scores, _, masks, valid = reference
     assert 0 < valid.sum() <= 100
-    # The shapes and dtypes src/deploy.py documents, at B=1, S=256, D=100, M=64.
+    # The shapes and dtypes src/inference/net.py documents, at B=1, S=256, D=100, M=64.
     documented = [((1, 100, 4), np.float32), ((1, 100), np.int32), ((1, 100), np.float32),
                   ((1, 100), np.float32), ((1, 100, 64, 64), np.float32), ((1, 100), np.bool_)]
     for got, want, (shape, dtype) in zip(mine, reference, documented):
@@ -145,8 +146,9 @@ def test_exported_detector_rejects_another_input_size(exported, tiny):
 
 
 def test_batch_export_without_verify_runs_a_batch_per_call(tiny, detector, tmp_path):
-    path, differences = export_checkpoint(tiny.config, tiny.ckpt, str(tmp_path / "tiny_b2.mindir"),
-                                          batch_size=2, verify=False)
+    path, differences = export_checkpoint(replace(tiny.config, **{"eval.batch_size": 2}),
+                                          tiny.ckpt, str(tmp_path / "tiny_b2.mindir"),
+                                          verify=False)
     assert path == str(tmp_path / "tiny_b2.mindir") and differences is None
     assert os.listdir(tmp_path) == ["tiny_b2.mindir"]
     from_mindir = ExportedDetector(path, config=tiny.config)
@@ -200,8 +202,6 @@ def test_export_checkpoint_checks_arguments_before_building(tiny):
     missing_dir = tiny.folder / "no_such_folder"
     with pytest.raises(DeployError, match=f"{missing_dir}: output folder does not exist"):
         export_checkpoint(tiny.config, tiny.ckpt, str(missing_dir / "x"))
-    with pytest.raises(DeployError, match="--batch_size must be >= 1, got 0"):
-        export_checkpoint(tiny.config, tiny.ckpt, str(tiny.folder / "x"), batch_size=0)
     with pytest.raises(DeployError, match="--file_format 'onnx': expected one of MINDIR, AIR"):
         export_checkpoint(tiny.config, tiny.ckpt, str(tiny.folder / "x"), file_format="onnx")
     assert exported_path("a/model", "MINDIR") == os.path.abspath("a/model.mindir")

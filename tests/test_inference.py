@@ -5,9 +5,10 @@ import pytest
 import mindspore as ms
 
 from src.config.schema import replace
-from src.inference import Detector, InferenceNet, build_inference_net
+from src.inference import Detector
+from src.inference.net import InferenceNet, build_inference_net
 from src.model.build import build_model
-from src.utils.checkpoint import CheckpointError
+from src.checkpoint import CheckpointError
 from tests.conftest import save_detecting_checkpoint, tiny_config
 
 

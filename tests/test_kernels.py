@@ -1,6 +1,7 @@
 """The C++ CPU kernels: Winograd 3x3 conv against nn.Conv2d (forward and gradients) and a
-hand-computed case, the kernel choice of build_model, the same model on both paths, and
-the compiler cache. The DCN kernel is tested with the other DCNs in test_dcn.py."""
+hand-computed case, the kernel choice (``src.kernels.selection``), the same model on both
+paths, and the compiler cache. The DCN kernel is tested with the other DCNs in test_dcn.py.
+Tests that build the kernels skip, naming the reason, where no C++ compiler is found."""
 import os
 
 import numpy as np
@@ -8,25 +9,32 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from conftest import loss_and_grads, tiny_config
+from conftest import loss_and_grads, needs_compiler, tiny_config
 from src.config.schema import replace
 from src.kernels import build
+from src.kernels import selection
+from src.kernels.selection import resolve_kernels
 from src.kernels.winograd import WinogradConv2d
-from src.model.build import build_model, uses_cpu_kernels
+from src.model.build import build_model
 
 # (N, C_in, C_out, H, W): odd and even sides, a 1x1 image, batch 2.
 SHAPES = [(2, 3, 5, 7, 8), (1, 4, 6, 6, 5), (1, 5, 3, 1, 1)]
 
 
+def conv3x3(c_in, c_out):
+    return nn.Conv2d(c_in, c_out, 3, pad_mode="pad", padding=1, has_bias=True)
+
+
+@needs_compiler
 @pytest.mark.parametrize("shape", SHAPES)
 def test_winograd_equals_conv2d_forward_and_gradients(shape):
     n, c_in, c_out, h, w = shape
     rng = np.random.default_rng(sum(shape))
-    winograd = WinogradConv2d(c_in, c_out)
-    winograd.bias.set_data(ms.Tensor(rng.normal(size=c_out), ms.float32))
-    conv = nn.Conv2d(c_in, c_out, 3, pad_mode="pad", padding=1, has_bias=True)
-    conv.weight.set_data(winograd.weight.value())
-    conv.bias.set_data(winograd.bias.value())
+    conv = conv3x3(c_in, c_out)
+    conv.bias.set_data(ms.Tensor(rng.normal(size=c_out), ms.float32))
+    winograd = WinogradConv2d.from_conv(conv3x3(c_in, c_out))
+    winograd.weight.set_data(conv.weight.value())
+    winograd.bias.set_data(conv.bias.value())
     x = ms.Tensor(rng.normal(size=(n, c_in, h, w)), ms.float32)
     cotangent = ms.Tensor(rng.normal(size=(n, c_out, h, w)), ms.float32)
     out_w, out_c = winograd(x).asnumpy(), conv(x).asnumpy()
@@ -41,10 +49,11 @@ def test_winograd_equals_conv2d_forward_and_gradients(shape):
         np.testing.assert_allclose(gp_w[name], gp_c[name], atol=1e-5, rtol=0, err_msg=name)
 
 
+@needs_compiler
 def test_winograd_hand_computed_ones():
     """Ones in, ones kernel, bias 1: each output counts its in-image neighbours + 1:
     4 + 1 in a corner, 6 + 1 on an edge, 9 + 1 inside. H = 5 ends in a half-empty tile."""
-    layer = WinogradConv2d(2, 1)
+    layer = WinogradConv2d.from_conv(conv3x3(2, 1))
     layer.weight.set_data(ms.Tensor(np.ones((1, 2, 3, 3), np.float32)))
     layer.bias.set_data(ms.Tensor(np.ones(1, np.float32)))
     got = layer(ms.Tensor(np.ones((1, 2, 5, 4), np.float32))).asnumpy()[0, 0]
@@ -54,25 +63,48 @@ def test_winograd_hand_computed_ones():
     assert got[0, 0] == pytest.approx(9.0) and got[2, 1] == pytest.approx(19.0)
 
 
+def test_winograd_takes_only_the_convs_it_computes():
+    assert WinogradConv2d.fits(conv3x3(4, 4))
+    assert not WinogradConv2d.fits(nn.Conv2d(4, 4, 3, stride=2, pad_mode="pad", padding=1,
+                                             has_bias=True))
+    assert not WinogradConv2d.fits(nn.Conv2d(4, 4, 3, pad_mode="pad", padding=1))  # no bias
+    assert not WinogradConv2d.fits(nn.Conv2d(4, 4, 1, has_bias=True))
+    assert not WinogradConv2d.fits(nn.ReLU())
+
+
+@needs_compiler
 def test_kernel_choice():
-    config = tiny_config()
-    assert config.model.kernels == "auto"
-    assert uses_cpu_kernels(config)  # the tests run on the CPU device
-    assert not uses_cpu_kernels(replace(config, **{"model.kernels": "portable"}))
-    with pytest.raises(ValueError, match="model.kernels must be one of"):
-        uses_cpu_kernels(replace(config, **{"model.kernels": "gpu"}))
+    assert tiny_config().model.kernels == "auto"
+    assert resolve_kernels("auto", "CPU")  # the tests run on the CPU device
+    assert resolve_kernels("cpu", "CPU")
+    assert not resolve_kernels("auto", "GPU") and not resolve_kernels("portable", "CPU")
+    with pytest.raises(build.KernelBuildError, match="model.kernels=cpu needs --device_target CPU"):
+        resolve_kernels("cpu", "Ascend")
 
 
+@needs_compiler
 def test_model_same_on_cpu_kernels_and_portable():
     """Same weights, same eval outputs; the kernels replace exactly the DCN and the 3x3
     stride-1 convs outside the backbone."""
     config = tiny_config(max_size=128, **{"model.use_maskiou": False})
     ms.set_seed(3)
     kernel_model = build_model(config)
+    ms.set_seed(3)
     portable_model = build_model(replace(config, **{"model.kernels": "portable"}))
-    kinds = {type(cell).__name__ for _, cell in kernel_model.cells_and_names()}
-    assert "WinogradConv2d" in kinds
+    kinds = {}
+    for name, cell in kernel_model.cells_and_names():
+        kinds.setdefault(type(cell).__name__, []).append(name)
+    # Every 3x3 stride-1 conv outside the backbone: FPN 3, protonet 4, head 4.
+    assert len(kinds["WinogradConv2d"]) == 11
+    assert not any(name.startswith("backbone.") for name in kinds["WinogradConv2d"])
+    assert {cell.impl for _, cell in kernel_model.cells_and_names()
+            if type(cell).__name__ == "ModulatedDeformConv2d"} == {"kernel"}
     assert "WinogradConv2d" not in {type(c).__name__ for _, c in portable_model.cells_and_names()}
+    # The swap keeps the parameters: the same seed gives the same initial weights and names.
+    initial = {name: param.asnumpy() for name, param in portable_model.parameters_and_names()}
+    swapped = {param.name: param.asnumpy() for param in kernel_model.get_parameters()}
+    assert sorted(swapped) == sorted(initial)
+    assert all(np.array_equal(swapped[name], initial[name]) for name in initial)
     rng = np.random.default_rng(4)
     weights = {}
     for name, param in kernel_model.parameters_and_names():
@@ -93,12 +125,23 @@ def test_model_same_on_cpu_kernels_and_portable():
         np.testing.assert_allclose(got.asnumpy(), expected, atol=2e-5 * scale, rtol=0)
 
 
-def test_auto_without_a_compiler_warns_and_stays_portable(monkeypatch):
-    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
-    config = tiny_config()
-    with pytest.warns(UserWarning, match="install g\\+\\+"):
-        assert not uses_cpu_kernels(config)
-    assert uses_cpu_kernels(replace(config, **{"model.kernels": "cpu"}))  # fails at build
+@pytest.mark.parametrize("compiler, message", [
+    ("no-such-compiler-xyz", "need a C\\+\\+ compiler"),
+    ("false", "compiling .* failed"),        # a compiler that fails, as without OpenMP
+])
+def test_auto_falls_back_when_the_kernels_do_not_build(compiler, message, tmp_path, monkeypatch):
+    """``auto``: a warning and the portable model; ``cpu``: the error, from build_model."""
+    monkeypatch.setenv("CXX", compiler)
+    monkeypatch.setenv("YOLACT_KERNEL_CACHE", str(tmp_path))
+    build.library_path.cache_clear()
+    selection._warn_fallback.cache_clear()   # it warns once per reason and process
+    try:
+        with pytest.warns(UserWarning, match=message):
+            assert not resolve_kernels("auto", "CPU")
+        with pytest.raises(build.KernelBuildError, match=message):
+            build_model(replace(tiny_config(), **{"model.kernels": "cpu"}))
+    finally:
+        build.library_path.cache_clear()
 
 
 def test_library_is_cached(tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ import pytest
 import mindspore as ms
 
 from src.config.variants import VARIANTS
-from src.model.build import build_model, prior_boxes, prototype_size
+from src.box.priors import prototype_size
+from src.config.load import ConfigError, check_config
+from src.model.build import build_model, prior_boxes
 
 # The authors' trainable parameter totals (BN gamma/beta included, running stats not).
 AUTHORS_PARAMETERS = {
@@ -66,7 +68,7 @@ def test_eval_outputs_of_yolact_plus_resnet50_at_550():
     assert loc.shape == (1, 57_744, 4)
     assert conf.shape == (1, 57_744, 81)
     assert coeff.shape == (1, 57_744, 32)
-    assert proto.shape == (1, 138, 138, 32) and prototype_size(config) == 138
+    assert proto.shape == (1, 138, 138, 32) and prototype_size(config.max_size) == 138
     np.testing.assert_allclose(priors, prior_boxes(config))
     np.testing.assert_allclose(conf.sum(-1), 1.0, atol=1e-5)
     assert np.abs(coeff).max() < 1.0 and proto.min() >= 0.0
@@ -75,7 +77,7 @@ def test_eval_outputs_of_yolact_plus_resnet50_at_550():
 def test_yolact_plus_below_the_maskiou_minimum_size_is_a_clear_error():
     from src.config.schema import replace
     small = replace(VARIANTS["yolact_plus_resnet50"], **{"data.max_size": 245})
-    assert prototype_size(small) == 62
-    with pytest.raises(ValueError, match="YOLACT\\+\\+ needs max_size >= 249"):
-        build_model(small)
-    assert prototype_size(replace(small, **{"data.max_size": 249})) == 64
+    assert prototype_size(small.max_size) == 62
+    with pytest.raises(ConfigError, match="data.max_size 245 gives 62; use data.max_size >= 249"):
+        check_config(small)
+    assert prototype_size(249) == 64

@@ -8,9 +8,13 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.synthetic import (CATEGORY_IDS, CLASS_NAMES, DATA_VERSION, MIN_SHAPE_PX,
-                           MIN_VISIBLE_FRACTION, MIN_VISIBLE_PX, generate_dataset, image_rng,
-                           is_current, main, mask_to_polygons, render_image, uncompressed_rle)
+from src.data.classes import SHAPE_CLASSES
+from src.data.synthetic import (CATEGORY_IDS, DATA_VERSION, MIN_SHAPE_PX, MIN_VISIBLE_FRACTION,
+                                MIN_VISIBLE_PX, generate_dataset, image_rng, is_current,
+                                mask_to_polygons, render_image, uncompressed_rle)
+from tests.conftest import load_tool
+
+main = load_tool("make_synthetic").main
 
 SEED = 1
 IMAGE_SIZE = 80
@@ -73,7 +77,7 @@ def test_files_and_categories(dataset):
     assert len(COCO(paths["val_annotations"]).dataset["images"]) == NUM_VAL
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     assert [c["id"] for c in categories] == [1, 3, 5, 7, 9, 11]
-    assert [c["name"] for c in categories] == list(CLASS_NAMES)
+    assert [c["name"] for c in categories] == list(SHAPE_CLASSES)
     assert CATEGORY_IDS == (1, 3, 5, 7, 9, 11)
     assert {a["category_id"] for a in coco.dataset["annotations"]} == set(CATEGORY_IDS)
 

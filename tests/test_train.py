@@ -22,20 +22,18 @@ from mindspore import ops
 from src.data.coco import load_coco
 from src.data.dataset import create_train_dataset
 from src.data.mindrecord import write_mindrecord
-from src.losses.build import build_loss
-from src.model.build import build_model, prior_boxes
-from src.synthetic import CLASS_NAMES, generate_dataset
-from src.train.checkpoint import list_checkpoints
-from src.train.context import RunContext
-from src.train.lr_schedule import learning_rates
-from src.train.optimizer import build_optimizer
-from src.train.train_step import build_grad_reducer, build_loss_scaler, make_train_step
-from src.train.trainer import TrainOptions, train
-from src.utils.checkpoint import MODEL_MODULES
+from src.checkpoint import list_checkpoints
+from src.config.schema import replace
+from src.data.classes import SHAPE_CLASSES
+from src.data.synthetic import generate_dataset
+from src.model.build import prior_boxes
+from src.runtime import RunContext
+from src.train.setup import build_training
+from src.train.trainer import train
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = len(CLASS_NAMES) + 1
+NUM_CLASSES = len(SHAPE_CLASSES) + 1
 OVERFIT_STEPS = 120
 OVERFIT_LR = 2e-3
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -95,23 +93,20 @@ def tiny_yaml(tmp_path_factory):
 
 
 class FixedBatchTraining:
-    """The trainer's parts (model with trained BN, MultiBoxLoss, SGD, the jitted step with a
-    static loss scale of 1) on one un-augmented batch of 2 images. ``restore`` puts the model,
-    optimizer and scale back to the starting state, so every test begins from it."""
+    """The trainer's parts (``build_training``: model with trained BN, MultiBoxLoss, SGD, the
+    jitted step with a static loss scale of 1) on one un-augmented batch of 2 images.
+    ``restore`` puts the model, optimizer and scale back to the starting state, so every test
+    begins from it."""
 
     def __init__(self, config, mindrecord_dir):
-        ms.set_seed(0)
-        self.model = build_model(config, freeze_bn=False)
-        self.model.set_train(True)
-        self.loss_fn = build_loss(config, self.model)
-        schedule = config.train
-        self.optimizer = build_optimizer(self.model.trainable_params(), learning_rates(schedule),
-                                         schedule.momentum, schedule.weight_decay)
-        self.scaler = build_loss_scaler("static", init_scale=1.0)
-        self.step = make_train_step(self.model, self.loss_fn, self.optimizer, self.scaler,
-                                    build_grad_reducer(self.optimizer.parameters, False))
-        dataset = create_train_dataset(config, mindrecord_dir, 2, prior_boxes(config),
-                                       num_workers=1, augmentation="none")
+        config = replace(config, **{
+            "train.batch_size": 2, "train.schedule_batch_size": 2, "train.freeze_bn": "no",
+            "run.loss_scale": "none", "data.augmentation": "none",
+            "data.num_parallel_workers": 1})
+        setup = build_training(config, RunContext("CPU", False))
+        self.model, self.loss_fn, self.optimizer = setup.model, setup.loss_fn, setup.optimizer
+        self.scaler, self.step = setup.scaler, setup.step
+        dataset = create_train_dataset(config, mindrecord_dir, 2, prior_boxes(config))
         self.batch = next(dataset.create_tuple_iterator(num_epochs=1))
         model_state = list(self.model.parameters_and_names())
         self.names = ([name for name, _ in model_state]
@@ -181,7 +176,7 @@ def test_every_trainable_parameter_gets_a_nonzero_gradient(all_negatives):
                  for param, moment in zip(optimizer.parameters, optimizer.moments)}
     every_weight = {name for name in names.values() if "moving_" not in name}
     assert set(gradients) == every_weight            # BN gamma/beta are trained (freeze_bn=False)
-    assert {name.split(".")[0] for name in gradients} == set(MODEL_MODULES)
+    assert {name.split(".")[0] for name in gradients} == set(all_negatives.model.name_cells())
     assert any(name.endswith("conv_offset_mask.weight") for name in gradients)   # DCN
     assert any(name.endswith(".gamma") for name in gradients)
     assert all(np.isfinite(g).all() for g in gradients.values())
@@ -242,15 +237,16 @@ def test_resume_replays_the_uninterrupted_run(ema_decay, six_images, tmp_path, c
     the second epoch (6 images, batch 2). With a weight average the checkpoint's model
     weights are the average and the trained weights go under live.<name>."""
     caplog.set_level("INFO", logger="yolact")
-    config = tiny_config(num_classes=NUM_CLASSES, **{"train.freeze_bn": "no",
-                                                     "train.ema_decay": ema_decay})
+    config = tiny_config(num_classes=NUM_CLASSES, **{
+        "train.freeze_bn": "no", "train.ema_decay": ema_decay, "train.batch_size": 2,
+        "run.mindrecord_dir": six_images, "run.save_every": 2, "run.keep_last": 0,
+        "run.log_every": 1, "data.num_parallel_workers": 1})
 
-    def run(output_dir, max_iter, resume=""):
+    def run(output_dir, stop_iter, resume=""):
         caplog.clear()
-        options = TrainOptions(mindrecord_dir=six_images, output_dir=str(output_dir),
-                               batch_size=2, max_iter=max_iter, resume=resume, save_every=2,
-                               keep_last=0, log_every=1, num_workers=1)
-        last = train(config, options, RunContext("CPU", False))
+        last = train(replace(config, **{"run.output_dir": str(output_dir),
+                                        "run.stop_iter": stop_iter, "run.resume": resume}),
+                     RunContext("CPU", False))
         return last, caplog.text
 
     straight, straight_log = run(tmp_path / "straight", 4)
@@ -275,7 +271,8 @@ def test_resume_replays_the_uninterrupted_run(ema_decay, six_images, tmp_path, c
     assert any(name.endswith("moving_mean") for name in state)
     assert any(name.startswith("moments.") and np.any(value) for name, value in state.items())
     live = sorted(name for name in state if name.startswith("live."))
-    model_names = sorted(name for name in state if name.split(".")[0] in MODEL_MODULES)
+    modules = ("backbone", "fpn", "proto_net", "prediction_head", "semantic_head", "maskiou_net")
+    model_names = sorted(name for name in state if name.split(".")[0] in modules)
     if ema_decay:
         assert live == ["live." + name for name in model_names]
         assert scalar(state["ema.num_updates"]) == 4
@@ -347,7 +344,7 @@ def test_launcher_trains_and_the_guard_stops_a_diverged_run(six_images, tiny_yam
     weights are so large that every loss is NaN; the updates are skipped and the run stops
     after 20 skipped steps, exit 2, keeping the step-1 checkpoint."""
     output_dir = tmp_path / "run"
-    result = run_launcher([tiny_yaml, six_images, "CPU", "--batch_size", "2", "--max_iter", "40",
+    result = run_launcher([tiny_yaml, six_images, "CPU", "--batch_size", "2", "--stop_iter", "40",
                            "--save_every", "1", "--keep_last", "0", "--log_every", "1",
                            "--num_workers", "1", "--output_dir", str(output_dir),
                            "--opts", "train.lr=4.0e+30", "train.warmup_iters=0"])
@@ -376,7 +373,7 @@ def test_ctrl_c_saves_a_checkpoint_that_matches_its_iteration(six_images, tiny_y
     output_dir = tmp_path / "run"
     process = subprocess.Popen(
         ["bash", os.path.join(REPO, "scripts", "run_standalone_train.sh"), tiny_yaml, six_images,
-         "CPU", "--batch_size", "2", "--max_iter", "1000", "--log_every", "1", "--num_workers",
+         "CPU", "--batch_size", "2", "--stop_iter", "1000", "--log_every", "1", "--num_workers",
          "1", "--output_dir", str(output_dir)],
         cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -355,6 +355,3 @@ def test_light_augmentation_keeps_every_object_and_only_mirrors():
         expected_masks = resize_masks(masks[:, :, ::-1] if is_flipped else masks, size)
         np.testing.assert_array_equal(sample.masks, expected_masks)
     assert 0 < mirrored < 8
-    with pytest.raises(ValueError, match="augmentation 'heavy'"):
-        train_transform(image, masks, boxes, labels, crowd, size, np.random.default_rng(0),
-                        augmentation="heavy")

@@ -33,6 +33,12 @@ def feature_map_sizes(max_size, num_levels=5):
     return tuple(sizes)
 
 
+def prototype_size(max_size):
+    """Side of the prototype grid for a ``max_size`` input: twice the P3 side (138 at 550,
+    64 at 256)."""
+    return 2 * feature_map_sizes(max_size)[0]
+
+
 def _level_priors(grid_size, max_size, scales, aspect_ratios, square_anchors):
     """[grid_size² · len(scales) · len(aspect_ratios), 4] float64 priors of one level.
 

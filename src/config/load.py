@@ -10,33 +10,86 @@ relative to the including file) and lists only what differs, by section::
       max_size: 384
 """
 import dataclasses
+import math
 import os
 
 import yaml
 
+from src.box.priors import prototype_size
 from src.config.schema import replace
 from src.config.variants import VARIANTS
+
+# Five stride-2 3x3 convs without padding reduce 63 px to 1 (63 -> 31 -> 15 -> 7 -> 3 -> 1).
+MASKIOU_MIN_GRID = 63
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the source and key."""
 
 
-def load_config(name_or_path, overrides=()):
+def load_config(name_or_path, overrides=(), flags=None):
     """Return the frozen config for a variant name or a YAML file, with overrides applied.
+
+    Every value that comes from a file, an override or a flag is checked against the
+    field's allowed values (``src.config.schema.setting``) as it is applied.
 
     Args:
         name_or_path: a key of ``VARIANTS`` or a path to a ``.yaml`` file.
         overrides: iterable of ``"section.field=value"`` strings; values are parsed as YAML
             (``train.lr_steps=[1000,2000]``, ``model.use_maskiou=false``).
+        flags: {flag as typed, e.g. "--batch_size": (config key, value)}: command-line
+            shorthands of config keys (``src.config.options``); a key set by a flag and by an
+            override is an error.
+
+    Raises:
+        ConfigError: naming the file, override or flag and the key.
     """
     config = _load(name_or_path, seen=())
+    changes = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected section.field=value")
-        key, text = item.split("=", 1)
-        config = _apply(config, {key.strip(): yaml.safe_load(text)}, source="command line")
+        key, value = _parse_override(item)
+        changes[key] = value
+    config = _apply(config, changes, source="--opts")
+    for flag, (key, value) in (flags or {}).items():
+        if key in changes:
+            raise ConfigError(f"{flag} and --opts {key}=... set the same key; give one")
+        config = _apply(config, {key: value}, source=flag)
+    check_config(config)
     return config
+
+
+def check_config(config):
+    """Checks that involve several keys (one key's own limits are checked as it is set).
+
+    Raises:
+        ConfigError: naming the config and the keys.
+    """
+    where = f"config '{config.name}'"
+    if config.loss.negative_iou > config.loss.positive_iou:
+        raise ConfigError(f"{where}: loss.negative_iou {config.loss.negative_iou} is above "
+                          f"loss.positive_iou {config.loss.positive_iou}")
+    if len(config.model.backbone.layers) != 4 or len(config.model.backbone.dcn_layers) != 4:
+        raise ConfigError(f"{where}: model.backbone.layers and model.backbone.dcn_layers need "
+                          f"one value per stage (4)")
+    if len({len(scales) for scales in config.model.pred_scales}) != 1:
+        raise ConfigError(f"{where}: model.pred_scales needs the same number of scales on "
+                          f"every level")
+    grid = prototype_size(config.max_size)
+    if config.model.use_maskiou and grid < MASKIOU_MIN_GRID:
+        raise ConfigError(f"{where}: the mask re-scoring net (model.use_maskiou) needs a "
+                          f"prototype grid of at least {MASKIOU_MIN_GRID} px, but data.max_size "
+                          f"{config.max_size} gives {grid}; use data.max_size >= 249")
+
+
+def _parse_override(item):
+    if "=" not in item:
+        raise ConfigError(f"--opts '{item}': expected section.field=value")
+    key, text = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--opts '{item}': the value is not valid YAML ({problem})") from None
 
 
 def _load(name_or_path, seen):
@@ -79,20 +132,49 @@ def _flatten(document, prefix=""):
 def _apply(config, changes, source):
     typed = {}
     for key, value in changes.items():
-        current = _lookup(config, key, source)
+        current, limits = _lookup(config, key, source)
         typed[key] = _coerce(current, value, key, source)
+        problem = limit_violation(typed[key], limits)
+        if problem:
+            raise ConfigError(f"{source}: '{key}' {problem}, got {value!r}")
     return replace(config, **typed)
 
 
 def _lookup(config, key, source):
-    node = config
+    """(current value, the field's metadata) of a dotted key."""
+    node, metadata = config, {}
     for part in key.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
             raise ConfigError(f"{source}: unknown config key '{key}'")
-        node = getattr(node, part)
+        node, metadata = getattr(node, part), fields[part].metadata
     if dataclasses.is_dataclass(node):
         raise ConfigError(f"{source}: '{key}' is a section; set its fields (e.g. '{key}.<field>')")
-    return node
+    return node, metadata
+
+
+def limit_violation(value, limits):
+    """What is wrong with ``value`` under a field's ``setting`` limits, or "" when it fits.
+
+    Numbers must be finite; a list's elements are checked one by one.
+    """
+    if isinstance(value, tuple):
+        return next((problem for problem in (limit_violation(v, limits) for v in value)
+                     if problem), "")
+    choices = limits.get("choices")
+    if choices is not None and value not in choices:
+        return f"expects one of {', '.join(choices)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    if not math.isfinite(value):
+        return "expects a finite number"
+    bounds = (("minimum", ">=", lambda v, b: v >= b), ("maximum", "<=", lambda v, b: v <= b),
+              ("above", ">", lambda v, b: v > b), ("below", "<", lambda v, b: v < b))
+    for name, symbol, holds in bounds:
+        bound = limits.get(name)
+        if bound is not None and not holds(value, bound):
+            return f"expects a value {symbol} {bound:g}"
+    return ""
 
 
 def _coerce(current, value, key, source):

@@ -1,7 +1,7 @@
 """The model variants, each its parent plus a difference (the authors' lineage and names)."""
 from src.config.schema import (BackboneConfig, DataConfig, LossConfig, ModelConfig, TrainConfig,
                                YolactConfig, replace)
-from src.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from src.data.classes import SHAPE_CLASSES
 
 RESNET101 = BackboneConfig(layers=(3, 4, 23, 3))
 RESNET50 = BackboneConfig(layers=(3, 4, 6, 3))
@@ -58,7 +58,7 @@ def for_dataset(config, class_names, max_size=None, name=None):
     return replace(config, **changes)
 
 
-# The built-in CPU demo on the synthetic shapes data set (``python -m src.synthetic``): the
+# The built-in CPU demo on the synthetic shapes data set (``python tools/make_synthetic.py``): the
 # YOLACT++ code paths (DCN in the last block of C4 and C5, all five losses, mask re-scoring) at
 # a size a 2-core CPU trains at 0.6-0.9 s per batch of 8 (the shared hosts' speed varies).
 # Objects there are 20-130 px in ~160 px images, shown at 256: the prior scales are set for
@@ -76,7 +76,7 @@ def for_dataset(config, class_names, max_size=None, name=None):
 # the demo script's data order, 71.5 -> 74.4 (weight 5) with another; after 1600, 77.5 and
 # 81.5 with the two orders.
 yolact_plus_demo = replace(
-    for_dataset(yolact_plus_resnet50, SYNTHETIC_CLASSES, max_size=256, name="yolact_plus_demo"),
+    for_dataset(yolact_plus_resnet50, SHAPE_CLASSES, max_size=256, name="yolact_plus_demo"),
     **{"model.backbone": BackboneConfig(layers=(2, 2, 2, 2), base_width=16,
                                         dcn_layers=(0, 0, 1, 1), dcn_interval=1),
        "model.fpn_channels": 96, "model.proto_channels": 32, "model.num_prototypes": 16,

@@ -2,7 +2,8 @@
 
 Training: read -> decode -> augment (``transforms.train_transform``) -> targets
 (``targets.build_targets``: padded GT, prototype-size masks, semantic target, prior matching,
-sampled positives) -> fixed-shape batches. Evaluation: read -> decode -> resize + normalise.
+sampled positives) -> fixed-shape batches. (Evaluation reads images in
+``src.evaluation.evaluate``.)
 
 The order of the samples is ours, not the reader's: epoch ``e`` visits the images in the
 permutation ``default_rng([seed, e])``, split between the data-parallel ranks, and the
@@ -14,18 +15,16 @@ the batches of the original run, without reading the skipped ones.
 import numpy as np
 import mindspore.dataset as ds
 
-from src.box.priors import feature_map_sizes
+from src.box.priors import feature_map_sizes, prototype_size
 from src.data.coco import DatasetError
-from src.data.mindrecord import (decode_image, decode_masks, decode_row, field_bytes,
-                                  mindrecord_schema, read_dataset_info, shard_paths)
+from src.data.mindrecord import (decode_image, decode_masks, decode_row, mindrecord_schema,
+                                  read_dataset_info, shard_paths)
 from src.data.targets import MatchThresholds, TargetShapes, build_targets
-from src.data.transforms import (AUGMENTATIONS, eval_transform, normalize_image, resize_sample,
-                                 train_transform)
+from src.data.transforms import normalize_image, resize_sample, train_transform
 
 RECORD_COLUMNS = tuple(mindrecord_schema())
 TRAIN_COLUMNS = ("images", "loc_t", "conf_t", "idx_t", "gt_boxes", "gt_labels", "gt_masks",
                  "semantic_t", "pos_sample_idx", "pos_sample_valid")
-EVAL_COLUMNS = ("images", "image_id", "height", "width")
 
 # Augmentation draws before falling back to a plain resize, when every non-crowd box of an
 # image is lost (the authors draw another image instead; a map cannot, so we redraw).
@@ -62,9 +61,6 @@ class TrainSampleMaker:
         self.thresholds = thresholds
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
-        if augmentation not in AUGMENTATIONS + ("none",):
-            raise ValueError(f"data.augmentation '{augmentation}': expected one of "
-                             f"{', '.join(AUGMENTATIONS + ('none',))}")
         self.augmentation = augmentation
 
     def __call__(self, *columns):
@@ -105,9 +101,10 @@ class TrainSampleMaker:
 
 def target_shapes(config):
     """``TargetShapes`` of a config (prototype and P3 grid sizes derived from max_size)."""
-    p3_size = feature_map_sizes(config.max_size)[0]
-    return TargetShapes(max_num_gt=config.data.max_num_gt, mask_size=2 * p3_size,
-                        semantic_size=p3_size, num_fg_classes=config.num_classes - 1,
+    return TargetShapes(max_num_gt=config.data.max_num_gt,
+                        mask_size=prototype_size(config.max_size),
+                        semantic_size=feature_map_sizes(config.max_size)[0],
+                        num_fg_classes=config.num_fg_classes,
                         masks_to_train=config.loss.masks_to_train)
 
 
@@ -141,14 +138,14 @@ class _StreamPosition:
 
 
 def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, start_iteration=0,
-                         num_iterations=None, rank=0, group_size=1, num_workers=None,
-                         augmentation=None):
+                         num_iterations=None, rank=0, group_size=1):
     """Batches of ``TRAIN_COLUMNS`` for iterations ``[start_iteration, start_iteration +
     num_iterations)`` of this device (across epochs; keep it to tens of epochs per pipeline,
     each epoch is one reader).
 
     Args:
-        config: ``YolactConfig``.
+        config: ``YolactConfig``; ``data.augmentation`` and ``data.num_parallel_workers``
+            (map workers, processes when > 1) come from it.
         mindrecord_dir: ``--output_dir`` of create_mindrecord.py (with a ``train`` split).
         batch_size: images per batch on this device.
         priors: [P, 4] prior boxes of the config.
@@ -156,8 +153,6 @@ def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, sta
         start_iteration: iterations already trained (resume).
         num_iterations: batches to produce; default one epoch.
         rank, group_size: data-parallel shard of this device.
-        num_workers: map workers (processes when > 1); default ``config.data.num_parallel_workers``.
-        augmentation: "ssd", "light" or "none"; default ``config.data.augmentation``.
 
     Raises:
         DatasetError: the split has fewer images than one batch per device.
@@ -186,37 +181,9 @@ def create_train_dataset(config, mindrecord_dir, batch_size, priors, seed=0, sta
     loss = config.loss
     maker = TrainSampleMaker(priors, config.max_size, target_shapes(config),
                              MatchThresholds(loss.positive_iou, loss.negative_iou, loss.crowd_iou),
-                             seed, samples_per_epoch,
-                             augmentation or config.data.augmentation)
-    workers = num_workers or config.data.num_parallel_workers
+                             seed, samples_per_epoch, config.data.augmentation)
+    workers = config.data.num_parallel_workers
     dataset = dataset.map(operations=maker, input_columns=list(RECORD_COLUMNS) + ["position"],
                           output_columns=list(TRAIN_COLUMNS), num_parallel_workers=workers,
                           python_multiprocessing=workers > 1)
     return dataset.batch(batch_size, drop_remainder=True)
-
-
-EVAL_RECORD_COLUMNS = ("image", "file_name", "image_id", "height", "width",
-                       "ignore_exif_orientation")
-
-
-class EvalSampleMaker:
-    """Row -> (image [3,S,S] float32, image_id, height, width): the authors' eval transform."""
-
-    def __init__(self, max_size):
-        self.max_size = max_size
-
-    def __call__(self, image_bytes, file_name, image_id, height, width, ignore_exif_orientation):
-        name = file_name if isinstance(file_name, str) else str(np.asarray(file_name).item())
-        image = read_image(field_bytes(image_bytes), bool(ignore_exif_orientation), name)
-        return (eval_transform(image, self.max_size), np.int64(image_id), np.int32(height),
-                np.int32(width))
-
-
-def create_eval_dataset(config, mindrecord_dir, batch_size=1, split="val", num_workers=2):
-    """Batches of ``EVAL_COLUMNS`` in file order (no shuffle, last batch kept)."""
-    columns = list(EVAL_RECORD_COLUMNS)
-    dataset = ds.MindDataset(shard_paths(mindrecord_dir, split), columns_list=columns,
-                             shuffle=False)
-    dataset = dataset.map(operations=EvalSampleMaker(config.max_size), input_columns=columns,
-                          output_columns=list(EVAL_COLUMNS), num_parallel_workers=num_workers)
-    return dataset.batch(batch_size, drop_remainder=False)

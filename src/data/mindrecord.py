@@ -33,7 +33,7 @@ from PIL import Image
 from mindspore.mindrecord import FileWriter
 from pycocotools import mask as mask_utils
 
-from src.data.coco import CategoryMap, DatasetError
+from src.data.coco import DatasetError
 
 SCHEMA_NAME = "yolact_coco_instances"
 SCHEMA_VERSION = 1
@@ -163,10 +163,6 @@ def shard_paths(output_dir, split):
     """Paths of all shards of a converted split, for ``mindspore.dataset.MindDataset``."""
     info = read_dataset_info(output_dir, split)
     return [os.path.join(split_dir(output_dir, split), name) for name in info["shard_files"]]
-
-
-def load_category_map(output_dir, split):
-    return CategoryMap.from_dict(read_dataset_info(output_dir, split))
 
 
 def check_output_available(output_dir, split, overwrite):

@@ -210,8 +210,6 @@ def eval_transform(image, max_size):
     return normalize_image(resized)
 
 
-AUGMENTATIONS = ("ssd", "light")
-
 
 def train_transform(image, masks, boxes_abs, labels, is_crowd, max_size, rng,
                     discard_box_size=DISCARD_BOX_SIZE, augmentation="ssd") -> Optional[TrainSample]:
@@ -224,8 +222,6 @@ def train_transform(image, masks, boxes_abs, labels, is_crowd, max_size, rng,
     crops slow learning more than they help).
     Returns a TrainSample, or None when no non-crowd box survives (sample another image).
     """
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation '{augmentation}': expected one of {AUGMENTATIONS}")
     image = photometric_distort(image, rng)
     masks = np.asarray(masks, dtype=np.uint8)
     boxes_abs = np.asarray(boxes_abs, dtype=np.float32)

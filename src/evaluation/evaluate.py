@@ -15,7 +15,7 @@ from src.data.coco import DatasetError
 from src.data.dataset import read_image
 from src.data.mindrecord import field_bytes, shard_paths
 from src.evaluation.coco_eval import CocoEvaluator, format_results_table
-from src.inference import detections_to_image
+from src.inference.detector import detections_to_image
 from src.utils.progress import Progress
 
 

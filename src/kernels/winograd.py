@@ -10,7 +10,6 @@ import functools
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import XavierUniform, initializer
 
 from src.kernels.build import library_path
 
@@ -64,13 +63,12 @@ def winograd_ops():
 
 
 class WinogradConv2d(nn.Cell):
-    """A 3x3 conv, stride 1, padding 1, with bias: ``nn.Conv2d``'s function and parameters
-    (``weight`` [C_out, C_in, 3, 3], ``bias`` [C_out]), computed by Winograd F(2x2, 3x3).
+    """A 3x3 conv, stride 1, padding 1, with bias: ``nn.Conv2d``'s function on the same
+    parameters, computed by Winograd F(2x2, 3x3). Made from a built conv by ``from_conv``.
 
     Args:
-        in_channels: C_in.
-        out_channels: C_out.
-        weight_init: initializer of the weight (the bias starts at zero).
+        weight: Parameter [C_out, C_in, 3, 3].
+        bias: Parameter [C_out].
 
     Inputs:
         x: [N, C_in, H, W] float32.
@@ -79,16 +77,28 @@ class WinogradConv2d(nn.Cell):
         [N, C_out, H, W] float32.
     """
 
-    def __init__(self, in_channels, out_channels, weight_init=XavierUniform()):
+    def __init__(self, weight, bias):
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.weight = ms.Parameter(
-            initializer(weight_init, (out_channels, in_channels, 3, 3), ms.float32), name="weight")
-        self.bias = ms.Parameter(initializer("zeros", (out_channels,), ms.float32), name="bias")
+        self.out_channels, self.in_channels = weight.shape[0], weight.shape[1]
+        self.weight = weight
+        self.bias = bias
         self.kernel_transform = ms.Tensor(np.kron(KERNEL_TRANSFORM, KERNEL_TRANSFORM))  # [16, 9]
         self.input_transform, self.output_transform = winograd_ops()
         self.batch_matmul = ops.BatchMatMul()
+
+    @staticmethod
+    def fits(conv):
+        """Whether ``conv`` (an ``nn.Conv2d``) is a 3x3, stride 1, padding 1 conv with bias,
+        ungrouped and undilated: what this cell computes."""
+        return (isinstance(conv, nn.Conv2d) and conv.has_bias and conv.group == 1
+                and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+                and tuple(conv.dilation) == (1, 1) and conv.pad_mode == "pad"
+                and _symmetric_padding(conv.padding) == 1)
+
+    @classmethod
+    def from_conv(cls, conv):
+        """The Winograd form of ``conv`` (see ``fits``), sharing its Parameters."""
+        return cls(conv.weight, conv.bias)
 
     def construct(self, x):
         taps = ops.reshape(ops.transpose(self.weight, (2, 3, 0, 1)), (9, -1))  # [9, O*C]
@@ -96,3 +106,9 @@ class WinogradConv2d(nn.Cell):
                                          (TILE_ELEMENTS, self.out_channels, self.in_channels))
         products = self.batch_matmul(transformed_weight, self.input_transform(x))  # [16, O, N*T]
         return ops.bias_add(self.output_transform(products, _shape_reference(x)), self.bias)
+
+
+def _symmetric_padding(padding):
+    """The padding of every side when all sides are equal, else None."""
+    sides = set(padding) if isinstance(padding, (tuple, list)) else {padding}
+    return sides.pop() if len(sides) == 1 else None

@@ -27,9 +27,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
-from src.kernels.deform_im2col import deform_im2col_op
+from src.kernels.deform_im2col import KERNEL_TAPS, deform_im2col_op
 
-KERNEL_TAPS = 9
 # 2 pixels of zeros around the input: a 2x2 patch whose start is clamped onto this border
 # lies entirely in zeros, so samples far outside the image need no validity mask.
 BORDER = 2
@@ -94,9 +93,14 @@ class ModulatedDeformConv2d(nn.Cell):
         self.blend = ops.BatchMatMul()
         self.matmul_wt = ops.MatMul(transpose_b=True)
         if impl == "kernel":
-            self.im2col = deform_im2col_op()
-            self.matmul = ops.MatMul()
-            self.stride_tensor = ms.Tensor(np.array([stride], np.int32))
+            self.use_cpu_kernel()
+
+    def use_cpu_kernel(self):
+        """Switch to the C++ CPU kernel (``impl="kernel"``), keeping the parameters."""
+        self.impl = "kernel"
+        self.im2col = deform_im2col_op()
+        self.matmul = ops.MatMul()
+        self.stride_tensor = ms.Tensor(np.array([self.stride], np.int32))
 
     def construct(self, x):
         offset_mask = self.conv_offset_mask(x)

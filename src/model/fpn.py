@@ -14,7 +14,6 @@ class FPN(nn.Cell):
         in_channels: channels of (C3, C4, C5), e.g. (512, 1024, 2048).
         channels: F, the channels of every pyramid level (256).
         num_downsample: extra stride-2 levels after P5 (2: P6, P7).
-        winograd: the 3x3 stride-1 convs run on the Winograd CPU kernel.
 
     Inputs:
         c3, c4, c5: [B, in_channels[i], H_i, W_i] float32 (strides 8, 16, 32).
@@ -23,11 +22,10 @@ class FPN(nn.Cell):
         tuple (P3, P4, P5, P6, P7) of [B, F, H_k, W_k] float32 (69, 35, 18, 9, 5 at 550).
     """
 
-    def __init__(self, in_channels, channels=256, num_downsample=2, winograd=False):
+    def __init__(self, in_channels, channels=256, num_downsample=2):
         super().__init__()
         self.lat_layers = nn.CellList([head_conv(c, channels, 1) for c in reversed(in_channels)])
-        self.pred_layers = nn.CellList([head_conv(channels, channels, 3, padding=1,
-                                                  winograd=winograd)
+        self.pred_layers = nn.CellList([head_conv(channels, channels, 3, padding=1)
                                         for _ in in_channels])
         self.downsample_layers = nn.CellList([head_conv(channels, channels, 3, stride=2, padding=1)
                                               for _ in range(num_downsample)])

@@ -2,20 +2,14 @@
 from mindspore import nn
 from mindspore.common.initializer import XavierUniform
 
-from src.kernels.winograd import WinogradConv2d
 
-
-def head_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, winograd=False):
+def head_conv(in_channels, out_channels, kernel_size, stride=1, padding=0):
     """A conv with bias, xavier-uniform weight and zero bias (the authors' init for every
     non-backbone conv: FPN, protonet, prediction head, semantic head, maskiou net).
 
     ``padding == 0`` uses MindSpore's "valid" mode, otherwise explicit symmetric padding,
     so the output size is ``floor((H + 2*padding - kernel_size) / stride) + 1`` as in PyTorch.
-    ``winograd``: a 3x3, stride 1, padding 1 conv runs on the Winograd CPU kernel (same
-    parameters, same result); other shapes ignore it.
     """
-    if winograd and (kernel_size, stride, padding) == (3, 1, 1):
-        return WinogradConv2d(in_channels, out_channels, weight_init=XavierUniform())
     pad_mode = "pad" if padding else "valid"
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,
                      padding=padding, has_bias=True, weight_init=XavierUniform(), bias_init="zeros")

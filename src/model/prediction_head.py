@@ -17,7 +17,6 @@ class PredictionHead(nn.Cell):
         num_anchors: A, anchors per location (9 for YOLACT++, 3 for YOLACT).
         num_classes: C, including background.
         num_prototypes: K.
-        winograd: the convs run on the Winograd CPU kernel.
 
     Inputs:
         features: tuple of [B, F, H_k, W_k] float32, one per level.
@@ -26,17 +25,15 @@ class PredictionHead(nn.Cell):
         loc [B, P, 4], conf [B, P, C] logits, coeff [B, P, K] in (-1, 1); P = sum_k H_k W_k A.
     """
 
-    def __init__(self, in_channels, num_anchors, num_classes, num_prototypes, winograd=False):
+    def __init__(self, in_channels, num_anchors, num_classes, num_prototypes):
         super().__init__()
         self.num_classes = num_classes
         self.num_prototypes = num_prototypes
         self.upfeature = nn.SequentialCell([
-            head_conv(in_channels, in_channels, 3, padding=1, winograd=winograd), nn.ReLU()])
-        self.bbox_layer = head_conv(in_channels, num_anchors * 4, 3, padding=1, winograd=winograd)
-        self.conf_layer = head_conv(in_channels, num_anchors * num_classes, 3, padding=1,
-                                    winograd=winograd)
-        self.mask_layer = head_conv(in_channels, num_anchors * num_prototypes, 3, padding=1,
-                                    winograd=winograd)
+            head_conv(in_channels, in_channels, 3, padding=1), nn.ReLU()])
+        self.bbox_layer = head_conv(in_channels, num_anchors * 4, 3, padding=1)
+        self.conf_layer = head_conv(in_channels, num_anchors * num_classes, 3, padding=1)
+        self.mask_layer = head_conv(in_channels, num_anchors * num_prototypes, 3, padding=1)
 
     def construct(self, features):
         locs, confs, coeffs = (), (), ()

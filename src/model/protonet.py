@@ -19,7 +19,6 @@ class ProtoNet(nn.Cell):
     The layers are one SequentialCell in the authors' order (conv, ReLU, conv, ReLU, conv,
     ReLU, upsample, ReLU, conv, ReLU, conv) so the conv indices 0, 2, 4, 8, 10 match the
     authors' ``proto_net`` keys; the final ReLU is their prototype activation.
-    ``winograd``: the 3x3 convs run on the Winograd CPU kernel.
 
     Inputs:
         p3: [B, F, s, s] float32.
@@ -28,16 +27,16 @@ class ProtoNet(nn.Cell):
         [B, 2s, 2s, K] float32 prototypes, channels last (138 x 138 x 32 at max_size 550).
     """
 
-    def __init__(self, in_channels, hidden_channels=256, num_prototypes=32, winograd=False):
+    def __init__(self, in_channels, hidden_channels=256, num_prototypes=32):
         super().__init__()
         self.proto_net = nn.SequentialCell([
-            head_conv(in_channels, hidden_channels, 3, padding=1, winograd=winograd), nn.ReLU(),
-            head_conv(hidden_channels, hidden_channels, 3, padding=1, winograd=winograd),
+            head_conv(in_channels, hidden_channels, 3, padding=1), nn.ReLU(),
+            head_conv(hidden_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
-            head_conv(hidden_channels, hidden_channels, 3, padding=1, winograd=winograd),
+            head_conv(hidden_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
             Upsample2x(), nn.ReLU(),
-            head_conv(hidden_channels, hidden_channels, 3, padding=1, winograd=winograd),
+            head_conv(hidden_channels, hidden_channels, 3, padding=1),
             nn.ReLU(),
             head_conv(hidden_channels, num_prototypes, 1),
         ])

@@ -3,26 +3,26 @@ import dataclasses
 
 import numpy as np
 
-LR_DECAYS = ("step", "cosine")
 
-
-def scale_for_batch_size(train_config, batch_size):
-    """The authors' ``--autoscale``: for a total batch other than the one the schedule is
-    stated for (``train_config.batch_size``, 8 in the authors' configs), scale the lr by the
-    ratio and divide ``max_iter`` and ``lr_steps`` by it (floored); the warmup is not scaled.
+def scale_for_batch_size(train_config):
+    """The authors' ``--autoscale``: when the total batch (``batch_size``) differs from the
+    one the schedule is stated for (``schedule_batch_size``, 8 in the authors' configs),
+    scale the lr by the ratio and divide ``max_iter`` and ``lr_steps`` by it (floored); the
+    warmup is not scaled. A function of the config alone, however the batch was set.
 
     Args:
         train_config: a ``TrainConfig``.
-        batch_size: the total batch over all devices.
 
     Returns:
-        a ``TrainConfig`` with ``batch_size``, ``lr``, ``max_iter`` and ``lr_steps`` replaced.
+        a ``TrainConfig`` stated for ``batch_size``: ``schedule_batch_size``, ``lr``,
+        ``max_iter`` and ``lr_steps`` replaced.
     """
-    factor = batch_size / train_config.batch_size
+    batch_size = train_config.batch_size
+    factor = batch_size / train_config.schedule_batch_size
     if factor == 1:
-        return dataclasses.replace(train_config, batch_size=batch_size)
+        return train_config
     return dataclasses.replace(
-        train_config, batch_size=batch_size, lr=train_config.lr * factor,
+        train_config, schedule_batch_size=batch_size, lr=train_config.lr * factor,
         max_iter=int(train_config.max_iter // factor),
         lr_steps=tuple(int(step // factor) for step in train_config.lr_steps))
 
@@ -42,8 +42,6 @@ def learning_rate_at(iteration, train_config):
     ``warmup_iters`` to 0 at ``max_iter`` (``lr_steps`` unused).
     """
     cfg = train_config
-    if cfg.lr_decay not in LR_DECAYS:
-        raise ValueError(f"train.lr_decay '{cfg.lr_decay}': expected one of {', '.join(LR_DECAYS)}")
     in_warmup = cfg.warmup_iters > 0 and iteration <= cfg.warmup_iters
     warmup_lr = (cfg.warmup_init_lr
                  + (cfg.lr - cfg.warmup_init_lr) * iteration / max(cfg.warmup_iters, 1))
@@ -61,7 +59,8 @@ def learning_rate_at(iteration, train_config):
     return cfg.lr
 
 
-def learning_rates(train_config):
-    """[max_iter] float32 per-iteration learning rates (the optimizer indexes it by step)."""
-    return np.array([learning_rate_at(it, train_config) for it in range(train_config.max_iter)],
+def learning_rates(train_config, num_iterations):
+    """[num_iterations] float32 learning rates of the first iterations (the optimizer indexes
+    it by step; a run needs the values up to the iteration it stops at)."""
+    return np.array([learning_rate_at(it, train_config) for it in range(num_iterations)],
                     dtype=np.float32)

@@ -1,7 +1,6 @@
 """The optimizers: SGD with momentum (the authors') or AdamW, weight decay on every parameter."""
 from mindspore import Tensor, nn
 
-OPTIMIZERS = ("momentum", "adamw")
 
 
 def build_optimizer(params, learning_rates, momentum, weight_decay, kind="momentum"):
@@ -20,18 +19,16 @@ def build_optimizer(params, learning_rates, momentum, weight_decay, kind="moment
 
     Args:
         params: the trainable parameters.
-        learning_rates: [max_iter] float32 per-iteration values; the optimizer's
+        learning_rates: [iterations] float32 per-iteration values; the optimizer's
             ``global_step`` indexes them, so a restored step restores the lr.
         momentum, weight_decay: floats.
-        kind: one of ``OPTIMIZERS``.
+        kind: ``train.optimizer``, "momentum" or "adamw".
     """
     groups = [{"params": list(params), "weight_decay": weight_decay}]
     if kind == "momentum":
         return nn.Momentum(groups, learning_rate=Tensor(learning_rates), momentum=momentum)
-    if kind == "adamw":
-        return nn.AdamWeightDecay(groups, learning_rate=Tensor(learning_rates),
-                                  beta1=0.9, beta2=0.999, eps=1e-8)
-    raise ValueError(f"train.optimizer '{kind}': expected one of {', '.join(OPTIMIZERS)}")
+    return nn.AdamWeightDecay(groups, learning_rate=Tensor(learning_rates),
+                              beta1=0.9, beta2=0.999, eps=1e-8)
 
 
 def optimizer_state(optimizer):

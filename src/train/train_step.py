@@ -4,15 +4,12 @@ from mindspore import nn, ops
 
 
 def build_loss_scaler(kind="dynamic", init_scale=2.0 ** 10, factor=2, window=1000):
-    """``"dynamic"``: ``mindspore.amp.DynamicLossScaler`` (its scale and counter are
-    Parameters, saved with the checkpoint); ``"static"``: a fixed ``init_scale``; ``"none"``."""
+    """``run.loss_scale``: ``"dynamic"``: ``mindspore.amp.DynamicLossScaler`` (its scale and
+    counter are Parameters, saved with the checkpoint); ``"static"``: a fixed ``init_scale``;
+    ``"none"``: a scale of 1."""
     if kind == "dynamic":
         return ms.amp.DynamicLossScaler(init_scale, factor, window)
-    if kind == "static":
-        return ms.amp.StaticLossScaler(init_scale)
-    if kind == "none":
-        return ms.amp.StaticLossScaler(1.0)
-    raise ValueError(f"loss scaler '{kind}': expected dynamic, static or none")
+    return ms.amp.StaticLossScaler(init_scale if kind == "static" else 1.0)
 
 
 def build_grad_reducer(params, distributed, group_size=1):

@@ -1,65 +1,20 @@
-"""Inference: the graph from images to fixed-size detections, and the ``Detector`` API.
+"""The ``Detector`` API: images in, detections in original pixels out.
 
-``InferenceNet`` is what ``export.py`` exports and ``eval.py`` runs: network, Fast NMS,
-mask assembly and (YOLACT++) mask re-scoring, all with static shapes. ``Detector`` wraps it
-for one BGR image at a time and does the host-side end: masks resized to the original image
-and binarised, boxes turned into integer pixels.
+``BatchDetector`` is the host side shared by the checkpoint ``Detector`` and the MINDIR
+``ExportedDetector`` (``src.inference.exported``): preprocessing, fixed-size batches around
+the ``InferenceNet`` graph (``src.inference.net``), and the host-side end: masks resized to
+the original image and binarised, boxes turned into integer pixels.
 """
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
+from src.checkpoint import load_weights
 from src.config.load import load_config
 from src.data.transforms import eval_transform
+from src.inference.net import build_inference_net
 from src.model.build import build_model
-from src.postprocess.detect import Detect
-from src.postprocess.masks import (MaskRescoring, assemble_masks_tensor, boxes_to_image,
-                                   masks_to_image)
-from src.train.context import init_context
-from src.utils.checkpoint import load_weights
-
-
-class InferenceNet(nn.Cell):
-    """Images -> at most D detections per image, with soft masks on the prototype grid.
-
-    Args:
-        model: a ``Yolact`` (set to eval mode by the caller).
-        detect: a ``Detect`` cell.
-
-    Inputs:
-        images: [B, 3, S, S] float32, normalised RGB.
-
-    Returns:
-        boxes [B, D, 4] float32 (x1, y1, x2, y2) relative, unclamped; classes [B, D] int32
-        0-based; box_scores [B, D]; mask_scores [B, D] (YOLACT++: box score x predicted mask
-        IoU, else = box_scores); masks [B, D, S/4, S/4] float32 soft, cropped; valid [B, D] bool.
-    """
-
-    def __init__(self, model, detect):
-        super().__init__()
-        self.model = model
-        self.detect = detect
-        self.rescoring = None if model.maskiou_net is None else MaskRescoring(model.maskiou_net)
-
-    def construct(self, images):
-        loc, conf, coeff, proto, priors = self.model(images)
-        boxes, classes, scores, coeffs, valid = self.detect(loc, conf, coeff, priors)
-        masks = assemble_masks_tensor(proto, coeffs, boxes)
-        if self.rescoring is None:
-            mask_scores = scores
-        else:
-            mask_scores = self.rescoring(masks, classes, scores) * valid.astype(scores.dtype)
-        return boxes, classes, scores, mask_scores, masks, valid
-
-
-def build_inference_net(config, model):
-    """``InferenceNet`` with the config's post-processing settings, in eval mode."""
-    ev = config.eval
-    net = InferenceNet(model, Detect(config.num_classes, score_threshold=ev.score_threshold,
-                                     nms_threshold=ev.nms_threshold, top_k=ev.top_k,
-                                     max_detections=ev.max_detections,
-                                     cross_class_nms=ev.cross_class_nms))
-    net.set_train(False)
-    return net
+from src.postprocess.masks import boxes_to_image, masks_to_image
+from src.runtime import init_context
 
 
 def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
@@ -147,21 +102,22 @@ class Detector(BatchDetector):
 
     Args:
         config: a variant name, a YAML path, or a ``YolactConfig``.
-        ckpt: checkpoint of that config (trained here or made by ``src.convert_weights``).
+        ckpt: checkpoint of that config (trained here or made by ``tools/convert_weights.py``).
         device_target: "CPU", "GPU" or "Ascend".
         overrides: ``section.field=value`` strings applied to a named config.
-        batch_size: images per network call in ``detect_batch``.
+        batch_size: images per network call in ``detect_batch``; default the config's
+            ``eval.batch_size``.
 
     Raises:
         CheckpointError: the checkpoint is missing or belongs to another config.
     """
 
     def __init__(self, config="yolact_plus_resnet50", ckpt=None, device_target="CPU",
-                 overrides=(), batch_size=1):
+                 overrides=(), batch_size=None):
         self.config = load_config(config, overrides) if isinstance(config, str) else config
-        self.batch_size = batch_size
+        self.batch_size = batch_size or self.config.eval.batch_size
         init_context(device_target)
-        self.model = build_model(self.config)
+        self.model = build_model(self.config, device_target)
         if ckpt is not None:
             load_weights(self.model, ckpt)
         self.model.set_train(False)

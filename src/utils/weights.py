@@ -9,9 +9,9 @@ Two sources:
 
 Usage::
 
-    python -m src.convert_weights --config yolact_plus_resnet50 \\
+    python tools/convert_weights.py --config yolact_plus_resnet50 \\
         --src yolact_plus_resnet50_54_800000.pth --dst yolact_plus_resnet50.ckpt
-    python -m src.convert_weights --config yolact_plus_base --backbone \\
+    python tools/convert_weights.py --config yolact_plus_base --backbone \\
         --src resnet101_reducedfc.pth --dst resnet101_imagenet.ckpt
 
 Name map (authors' -> ours):
@@ -41,20 +41,17 @@ Anything else unmapped, missing or of the wrong shape raises ``WeightConversionE
 
 MindSpore is imported inside the functions so that the command line can set the CPU
 environment defaults before it loads; PyTorch is optional and only needed to read ``.pth``.
+The command line is ``tools/convert_weights.py``.
 """
-import argparse
 import collections
 import collections.abc
 import dataclasses
 import functools
 import os
 import re
-import sys
 
 import numpy as np
 
-from src.config.load import ConfigError, load_config
-from src.utils.cpu_env import set_cpu_env_defaults
 
 # Authors' top-level modules -> ours, for full YOLACT checkpoints.
 MODULE_PREFIXES = (
@@ -160,9 +157,11 @@ def target_parameters(config):
         dict name -> (shape tuple, numpy dtype), in the model's order.
     """
     import mindspore as ms
+    from src.config.schema import replace
     from src.model.build import build_model
 
-    net = build_model(config)
+    # Names and shapes are the same on every kernel choice; portable needs no compiler.
+    net = build_model(replace(config, **{"model.kernels": "portable"}))
     # MindSpore's own conversion of a one-element tensor (dtype_to_nptype is deprecated).
     numpy_dtypes = {dtype: ms.Tensor(np.zeros(1), dtype).asnumpy().dtype
                     for dtype in {param.dtype for param in net.get_parameters()}}
@@ -210,9 +209,9 @@ def load_torch_state_dict(path):
 def write_checkpoint(arrays, path):
     """Write ``arrays`` (name -> np.ndarray) as a MindSpore checkpoint, all or nothing."""
     import mindspore as ms
-    from src.utils.checkpoint import save_checkpoint_atomic
+    from src.checkpoint import save_checkpoint_atomic
 
-    _require_ckpt_suffix(path)
+    require_ckpt_suffix(path)
     save_checkpoint_atomic([{"name": name, "data": ms.Tensor(array)}
                             for name, array in arrays.items()], path)
 
@@ -290,7 +289,7 @@ def _to_numpy(key, value):
     return np.asarray(value)
 
 
-def _require_ckpt_suffix(path):
+def require_ckpt_suffix(path):
     if not path.endswith(".ckpt"):
         raise WeightConversionError(f"{path}: the checkpoint name must end with .ckpt "
                                     "(MindSpore's load_checkpoint requires it)")
@@ -309,32 +308,3 @@ def _mode_hint(state_dict, backbone_only):
     if not backbone_only and any(TORCHVISION_STAGE.match(key) for key in keys):
         return "this looks like an ImageNet ResNet: add --backbone"
     return ""
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m src.convert_weights",
-        description="Convert the authors' YOLACT .pth (or, with --backbone, a torchvision "
-                    "ImageNet ResNet .pth) into a MindSpore checkpoint of our model.")
-    parser.add_argument("--config", required=True, help="variant name or .yaml config")
-    parser.add_argument("--src", required=True, help="PyTorch state dict (.pth)")
-    parser.add_argument("--dst", required=True, help="MindSpore checkpoint to write (.ckpt)")
-    parser.add_argument("--backbone", action="store_true",
-                        help="the source is an ImageNet ResNet: write backbone.* only")
-    args = parser.parse_args(argv)
-    set_cpu_env_defaults()
-    try:
-        config = load_config(args.config)
-        _require_ckpt_suffix(args.dst)  # fail before the slow part
-        state_dict = load_torch_state_dict(args.src)
-        conversion = convert(state_dict, config, backbone_only=args.backbone)
-        write_checkpoint(conversion.arrays, args.dst)
-    except (WeightConversionError, ConfigError, OSError) as error:
-        print(f"convert_weights: error: {error}", file=sys.stderr)
-        return 2
-    print("\n".join(summary_lines(conversion, args.src, args.dst)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,28 +1,8 @@
-"""Model export (MINDIR, or AIR on Ascend) and inference from an exported MINDIR.
+"""Export a checkpoint's ``InferenceNet`` (``src.inference.net``) to MINDIR (any device) or
+AIR (Ascend), verified before it is put in place.
 
-The exported graph is ``src.inference.InferenceNet`` in eval mode: backbone, FPN, heads,
-Fast NMS, mask assembly and (YOLACT++) mask re-scoring, with static shapes. B is the export
-batch size (``--batch_size``), S the config's ``data.max_size``, D its
-``eval.max_detections``, M the prototype grid (twice the P3 side: 138 at 550, 64 at 256).
-
-Input (one):
-    images: [B, 3, S, S] float32, normalised RGB: the image resized to S x S (cv2
-        INTER_LINEAR on float32, aspect ratio not kept), ``(x - mean) / std`` in BGR, then
-        BGR -> RGB (``src.data.transforms.eval_transform``).
-
-Outputs (six, in this order; a MINDIR keeps the order, not the names):
-    0 boxes: [B, D, 4] float32 (x1, y1, x2, y2), relative to the image, decoded, not clamped.
-    1 classes: [B, D] int32, 0-based foreground class (background excluded).
-    2 box_scores: [B, D] float32 class probability, descending along D.
-    3 mask_scores: [B, D] float32, YOLACT++: box score x predicted mask IoU; YOLACT: = box_scores.
-    4 masks: [B, D, M, M] float32 soft masks in [0, 1] on the prototype grid, zero
-        outside the (padded) box.
-    5 valid: [B, D] bool; invalid slots come last. Read only valid slots: invalid ones
-        hold zero boxes, classes and scores, but their masks are not all zero (the
-        padding-1 crop of a zero box keeps pixel (0, 0) at sigmoid(0) = 0.5).
-
-Turning one image's slice into pixel boxes and full-size binary masks is host work:
-``src.inference.detections_to_image``, which ``ExportedDetector`` uses.
+The export always builds the portable model (``model.kernels=portable``): a graph with the
+C++ CPU kernels would name a library file of this machine.
 """
 import contextlib
 import os
@@ -31,26 +11,20 @@ import tempfile
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
-from mindspore.train.mind_ir_pb2 import ModelProto
+from mindspore import Tensor
 
-from src.config.load import load_config
+from src.checkpoint import CheckpointError, load_weights
 from src.config.schema import replace
-from src.inference import BatchDetector, build_inference_net
+from src.inference.exported import DeployError, load_exported
+from src.inference.net import OUTPUT_NAMES, build_inference_net
 from src.model.build import build_model
-from src.train.context import init_context
-from src.utils.checkpoint import CheckpointError, load_weights
+from src.runtime import init_context
 
 FILE_SUFFIXES = {"MINDIR": ".mindir", "AIR": ".air"}
-OUTPUT_NAMES = ("boxes", "classes", "box_scores", "mask_scores", "masks", "valid")
 # The exported graph runs the same kernels as the Cell: anything above float rounding noise
 # means the file does not compute what the checkpoint computes.
 VERIFY_TOLERANCE = 1e-5
 VERIFY_SEED = 0
-
-
-class DeployError(ValueError):
-    """An export request that cannot be carried out, or an export that fails its check."""
 
 
 def exported_path(file_name, file_format):
@@ -61,21 +35,20 @@ def exported_path(file_name, file_format):
     return path if path.endswith(suffix) else path + suffix
 
 
-def export_checkpoint(config, ckpt_path, file_name, file_format="MINDIR", batch_size=1,
-                      device_target="CPU", verify=True):
+def export_checkpoint(config, ckpt_path, file_name, file_format="MINDIR", device_target="CPU",
+                      verify=True):
     """Export the ``InferenceNet`` of ``config`` with the weights of ``ckpt_path``.
 
-    Cheap checks come first (format, device, batch size, output folder, checkpoint file),
+    Cheap checks come first (format, device, output folder, checkpoint file),
     then the graph is compiled and written into a staging folder next to the destination;
     a MINDIR is reloaded there and compared with the Cell before it is moved into place, so
     the final name only ever holds a complete, verified export.
 
     Args:
-        config: a ``YolactConfig``.
+        config: a ``YolactConfig``; ``eval.batch_size`` is the graph's input batch B.
         ckpt_path: checkpoint of that config.
         file_name: output path, with or without the format's suffix.
         file_format: "MINDIR" or "AIR" (AIR needs an Ascend device).
-        batch_size: B of the exported input.
         device_target: "CPU", "GPU" or "Ascend".
         verify: reload a MINDIR and compare it with the Cell.
 
@@ -86,17 +59,16 @@ def export_checkpoint(config, ckpt_path, file_name, file_format="MINDIR", batch_
         DeployError: bad arguments, an unusable output folder, or a failed comparison.
         CheckpointError: the checkpoint is missing or belongs to another config.
     """
-    file_format, final_path = _check_request(file_name, file_format, batch_size, device_target)
+    file_format, final_path = _check_request(file_name, file_format, device_target)
     with _staging_folder(os.path.dirname(final_path)) as staging:
         # load_weights says the same, but only after the model is built.
         if not os.path.isfile(ckpt_path):
             raise CheckpointError(f"{ckpt_path}: checkpoint file not found")
-        # A graph with the C++ CPU kernels would name a library file of this machine.
-        model = build_model(replace(config, **{"model.kernels": "portable"}))
+        model = build_model(replace(config, **{"model.kernels": "portable"}), device_target)
         load_weights(model, ckpt_path)
         model.set_train(False)
         net = build_inference_net(config, model)
-        input_shape = (batch_size, 3, config.max_size, config.max_size)
+        input_shape = (config.eval.batch_size, 3, config.max_size, config.max_size)
         staged_path = os.path.join(staging, os.path.basename(final_path))
         ms.export(net, Tensor(np.zeros(input_shape, np.float32)), file_name=staged_path,
                   file_format=file_format)
@@ -140,61 +112,7 @@ def check_differences(differences, final_path):
                           f"{listed}); nothing written to {final_path}")
 
 
-def load_exported(mindir_path):
-    """An exported MINDIR as a callable ``nn.GraphCell`` (outputs in ``OUTPUT_NAMES`` order)."""
-    if not os.path.isfile(mindir_path):
-        raise DeployError(f"{mindir_path}: exported MINDIR file not found")
-    return nn.GraphCell(ms.load(mindir_path))
-
-
-def exported_input_shape(mindir_path):
-    """(B, 3, S, S) of an exported MINDIR's image input, read from the file's graph proto."""
-    model = ModelProto()
-    with open(mindir_path, "rb") as handle:
-        model.ParseFromString(handle.read())
-    inputs = model.graph.input
-    if len(inputs) != 1 or len(inputs[0].tensor) != 1:
-        raise DeployError(f"{mindir_path}: expected one image input, found {len(inputs)} inputs")
-    return tuple(int(d) for d in inputs[0].tensor[0].dims)
-
-
-class ExportedDetector(BatchDetector):
-    """``src.inference.Detector``'s API on an exported MINDIR instead of a checkpoint.
-
-    Example::
-
-        det = ExportedDetector("yolact_plus_resnet50.mindir", config="yolact_plus_resnet50")
-        result = det(cv2.imread("dog.jpg"))      # the same dict as Detector returns
-
-    Args:
-        mindir: the file written by ``export_checkpoint`` / ``export.py``.
-        config: the variant it was exported from (name, YAML path or ``YolactConfig``): the
-            input size, class names and mask threshold come from it.
-        device_target: "CPU", "GPU" or "Ascend".
-        overrides: ``section.field=value`` strings applied to a named config.
-
-    Raises:
-        DeployError: the file is missing or was exported for another input size.
-    """
-
-    def __init__(self, mindir, config="yolact_plus_resnet50", device_target="CPU", overrides=()):
-        self.config = load_config(config, overrides) if isinstance(config, str) else config
-        init_context(device_target)
-        self.net = load_exported(mindir)
-        input_shape = exported_input_shape(mindir)
-        size = self.config.max_size
-        if input_shape[1:] != (3, size, size):
-            raise DeployError(f"{mindir}: exported for input {input_shape}, but config "
-                              f"'{self.config.name}' has max_size {size}")
-        # B is fixed at export: the graph's reshapes were built for it.
-        self.batch_size = input_shape[0]
-
-    def run_network(self, batch):
-        """The exported graph's outputs (numpy) of a [batch_size, 3, S, S] normalised batch."""
-        return tuple(o.asnumpy() for o in self.net(Tensor(batch)))
-
-
-def _check_request(file_name, file_format, batch_size, device_target):
+def _check_request(file_name, file_format, device_target):
     """The cheap checks of an export request, before anything is built.
 
     Returns:
@@ -205,8 +123,6 @@ def _check_request(file_name, file_format, batch_size, device_target):
         raise DeployError(f"--file_format '{requested}': expected one of {', '.join(FILE_SUFFIXES)}")
     if file_format == "AIR" and device_target != "Ascend":
         raise DeployError("AIR export needs an Ascend device (CANN); use MINDIR on CPU/GPU")
-    if batch_size < 1:
-        raise DeployError(f"--batch_size must be >= 1, got {batch_size}")
     if not file_name or file_name.endswith(os.sep):
         raise DeployError(f"--file_name '{file_name}' must name a file, not a folder")
     final_path = exported_path(file_name, file_format)

@@ -23,24 +23,22 @@ crowds are always uncompressed RLE. Category ids are 1, 3, ..., 11 (non-contiguo
 Every image draws from its own generator seeded by ``(seed, split, index)``: the output is
 byte-for-byte reproducible, and changing ``num_train`` leaves existing images unchanged.
 
-Usage: ``python -m src.synthetic --out DIR [--num_train 1600] [--num_val 200] [--image_size 160]
-[--seed 0] [--overwrite] [--keep_current]``
+Command line: ``python tools/make_synthetic.py --out DIR`` (``--help`` lists the options).
 """
-import argparse
 import glob
 import json
 import os
-import sys
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from src.data.classes import SHAPE_CLASSES
+
 # Written to the annotations' info; bump it whenever a change alters what a seed draws, so that
 # ``--keep_current`` regenerates data sets written by an older generator.
 DATA_VERSION = "2.0"
-CLASS_NAMES = ("circle", "square", "triangle", "ellipse", "star", "ring")
-CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(CLASS_NAMES)))  # 1, 3, 5, ...
+CATEGORY_IDS = tuple(2 * i + 1 for i in range(len(SHAPE_CLASSES)))  # 1, 3, 5, ...
 SPLITS = ("train", "val")
 # Defaults of the command line and of generate_dataset: the demo's data set.
 NUM_TRAIN = 1600
@@ -212,14 +210,14 @@ def render_image(rng, image_size):
     width, height = (int(round(s * image_size)) for s in rng.uniform(0.75, 1.25, 2))
     canvas = _background(rng, height, width)
     plan = [(int(label), False) for label in
-            rng.integers(0, len(CLASS_NAMES), rng.integers(1, MAX_OBJECTS + 1))]
+            rng.integers(0, len(SHAPE_CLASSES), rng.integers(1, MAX_OBJECTS + 1))]
     if rng.random() < CROWD_FRACTION:
         plan.insert(int(rng.integers(0, len(plan) + 1)),
-                    (int(rng.integers(0, len(CLASS_NAMES))), True))
+                    (int(rng.integers(0, len(SHAPE_CLASSES))), True))
     owner = np.full((height, width), -1, np.int64)
     shapes = []
     for label, is_crowd in plan:
-        placement = _place(rng, CLASS_NAMES[label], is_crowd, owner,
+        placement = _place(rng, SHAPE_CLASSES[label], is_crowd, owner,
                            [s["full_area"] for s in shapes])
         if placement is None:
             continue
@@ -297,8 +295,8 @@ def _write_split(out_dir, split, num_images, image_size, seed):
             if fields is not None:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **fields})
     categories = [{"id": cid, "name": name, "supercategory": "shape"}
-                  for cid, name in zip(CATEGORY_IDS, CLASS_NAMES)]
-    info = {"description": "synthetic shapes (src/synthetic.py)", "version": DATA_VERSION,
+                  for cid, name in zip(CATEGORY_IDS, SHAPE_CLASSES)]
+    info = {"description": "synthetic shapes (src/data/synthetic.py)", "version": DATA_VERSION,
             "seed": seed, "split": split, "image_size": image_size}
     return {"info": info, "licenses": [], "images": images, "annotations": annotations,
             "categories": categories}
@@ -371,37 +369,3 @@ def generate_dataset(out_dir, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=I
         paths[f"{split}_images"] = os.path.join(out_dir, split)
         paths[f"{split}_annotations"] = json_path
     return paths
-
-
-def main(argv=None):
-    """Command-line entry point; returns the process exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--num_train", type=int, default=NUM_TRAIN, help="training images")
-    parser.add_argument("--num_val", type=int, default=NUM_VAL, help="validation images")
-    parser.add_argument("--image_size", type=int, default=IMAGE_SIZE,
-                        help="nominal side in px; each side is drawn in 0.75-1.25 x this")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="allow a non-empty output directory; replaces earlier output")
-    parser.add_argument("--keep_current", action="store_true",
-                        help="leave --out as it is if it already holds this data set, written "
-                             "by this version of the generator with the same arguments")
-    args = parser.parse_args(argv)
-    if args.keep_current and is_current(args.out, args.num_train, args.num_val,
-                                        args.image_size, args.seed):
-        print(f"{args.out} already holds this data set (version {DATA_VERSION}); kept")
-        return 0
-    try:
-        paths = generate_dataset(args.out, args.num_train, args.num_val, args.image_size,
-                                 args.seed, args.overwrite)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for key in sorted(paths):
-        print(f"{key}: {paths[key]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The one place where the C++ CPU kernels are chosen and put into a built model.
+
+Models are built from plain cells (``nn.Conv2d``, the primitives DCN). ``resolve_kernels``
+decides from ``model.kernels`` and the device whether the kernels are used (compiling them
+first, so that a failure is known before anything is built), and ``apply_cpu_kernels``
+then swaps them in: every DCN switches to the C++ sampling kernel, and every 3x3 stride-1
+conv with bias outside the backbone becomes a ``WinogradConv2d`` on the same Parameters
+(the backbone keeps MindSpore's conv, like the stock ResNet-50 the benchmarks compare with).
+Names, parameters and results stay those of the portable model.
+"""
+import functools
+import warnings
+
+from src.kernels.build import KernelBuildError, library_path
+from src.kernels.winograd import WinogradConv2d
+from src.model.dcn import ModulatedDeformConv2d
+
+LIBRARIES = ("winograd", "deform_im2col")
+
+
+def resolve_kernels(setting, device_target):
+    """Whether a model with ``model.kernels = setting`` runs the C++ CPU kernels on
+    ``device_target``.
+
+    ``auto``: on the CPU device when the kernels compile; any build failure (no compiler, no
+    OpenMP, a compile error) warns once and gives the portable model. ``cpu``: the kernels
+    or an error. ``portable``: never.
+
+    Raises:
+        KernelBuildError: ``cpu`` on another device, or the kernels failed to build.
+    """
+    if setting == "portable" or (setting == "auto" and device_target != "CPU"):
+        return False
+    if device_target != "CPU":
+        raise KernelBuildError(f"model.kernels=cpu needs --device_target CPU, got "
+                               f"{device_target}; use model.kernels=auto or portable")
+    try:
+        for name in LIBRARIES:
+            library_path(name)
+    except KernelBuildError as error:
+        if setting == "cpu":
+            raise
+        _warn_fallback(str(error).splitlines()[0])
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(reason):
+    warnings.warn(f"model.kernels=auto: the C++ CPU kernels are off, the model runs on "
+                  f"MindSpore primitives (slower on CPU, same results): {reason}", stacklevel=3)
+
+
+def apply_cpu_kernels(model):
+    """Swap the C++ CPU kernels into a built ``Yolact`` in place (see the module docstring).
+
+    Returns:
+        the number of cells switched or replaced.
+    """
+    count = 0
+    for _, cell in model.backbone.cells_and_names():
+        if isinstance(cell, ModulatedDeformConv2d):
+            cell.use_cpu_kernel()
+            count += 1
+    for child_name, child in model.name_cells().items():
+        if child_name != "backbone":
+            count += _replace_convs(child)
+    return count
+
+
+def _replace_convs(parent):
+    """Replace every Winograd-shaped conv below ``parent`` by its Winograd form."""
+    count = 0
+    for name, child in list(parent.name_cells().items()):
+        if WinogradConv2d.fits(child):
+            _set_child(parent, name, WinogradConv2d.from_conv(child))
+            count += 1
+        else:
+            count += _replace_convs(child)
+    return count
+
+
+def _set_child(parent, name, cell):
+    """``parent.<name> = cell`` keeping the full names of the cell's Parameters (MindSpore
+    renames them to ``<name>.<leaf>`` when a cell is assigned as an attribute)."""
+    names = [(param, param.name) for param in cell.get_parameters()]
+    if name.isdigit():
+        parent[int(name)] = cell
+    else:
+        setattr(parent, name, cell)
+    for param, full_name in names:
+        param.name = full_name
