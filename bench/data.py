@@ -7,7 +7,7 @@ Run from the repository root::
     python bench/data.py --tiles 1 --image_size 570       # plain synthetic images, 1-6 objects
     python bench/data.py --workers 1 2 4 --rounds 3 --batches 8
 
-Data. ``src.synthetic`` draws 1-6 shapes per image and has no option for more, while COCO
+Data. ``src/data/synthetic.py`` draws 1-6 shapes per image and has no option for more, while COCO
 averages 7.3 objects per image (up to ~90). So by default each image here is a 2x2 mosaic of
 four synthetic images (``--tiles 2``), each generated at ``image_size / 2`` and cut to the
 smallest tile's size, so a mosaic is ~0.75-1x ``image_size`` on a side (the 550 resize does
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +37,9 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from src.utils.cpu_env import set_cpu_env_defaults  # noqa: E402
-
-set_cpu_env_defaults()
+# Before MindSpore: sets the CPU environment defaults.
+from bench.common import (add_timing_arguments, machine_description, make_parser,  # noqa: E402
+                          print_child_result, require_positive, run_child, variant, SEED)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -48,31 +47,25 @@ import psutil  # noqa: E402
 import mindspore.dataset as ds  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
-from bench.forward import machine_description  # noqa: E402
 from src.box.matching import match  # noqa: E402
 from src.box.ops import pairwise_iou, point_form  # noqa: E402
 from src.config.schema import replace  # noqa: E402
-from src.config.variants import VARIANTS  # noqa: E402
 from src.data.coco import load_coco  # noqa: E402
 from src.data.dataset import (RECORD_COLUMNS, TrainSampleMaker, create_train_dataset,  # noqa: E402
                               read_image, target_shapes)
 from src.data.mindrecord import decode_masks, decode_row, shard_paths, write_mindrecord  # noqa: E402
+from src.data.synthetic import JPEG_PARAMS, MIN_VISIBLE_PX, generate_dataset  # noqa: E402
 from src.data.targets import MatchThresholds, build_targets  # noqa: E402
 from src.data.transforms import (expand, normalize_image, photometric_distort,  # noqa: E402
                                  random_mirror, random_sample_crop, resize_sample)
 from src.model.build import prior_boxes  # noqa: E402
-from src.synthetic import JPEG_PARAMS, MIN_VISIBLE_PX, generate_dataset  # noqa: E402
 
-RESULT_MARKER = "BENCH_RESULT "
 CONFIG_NAME = "yolact_plus_resnet50"
-SEED = 0
 TARGET_PIPELINE_IMAGES_PER_S = 10.0     # with 2 workers
 TARGET_MATCH_MS = 10.0                  # with 20 GT
 COCO_OBJECTS_PER_IMAGE = 7.3            # train2017: ~860k instances / 118k images
-
-
-def bench_config(size):
-    return replace(VARIANTS[CONFIG_NAME], **{"data.max_size": size})
+# Options the pipeline child gets from the parent's command line.
+CHILD_OPTIONS = ("mindrecord_dir", "size", "batch", "rounds", "warmup", "batches", "workers")
 
 
 def annotation_mask(ann, height, width):
@@ -172,8 +165,9 @@ def cpu_seconds():
 def time_pipeline(config, mindrecord_dir, batch, priors, workers, warmup, batches):
     """One pipeline run: wall s, tree and main-process CPU s of ``batches`` batches after
     ``warmup``, and the seconds until the warm-up batches were out (start-up included)."""
-    dataset = create_train_dataset(config, mindrecord_dir, batch, priors, seed=SEED,
-                                   num_iterations=warmup + batches, num_workers=workers)
+    dataset = create_train_dataset(replace(config, **{"data.num_parallel_workers": workers}),
+                                   mindrecord_dir, batch, priors, seed=SEED,
+                                   num_iterations=warmup + batches)
     start = time.perf_counter()
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     count = 0
@@ -191,7 +185,7 @@ def time_pipeline(config, mindrecord_dir, batch, priors, workers, warmup, batche
 
 def measure_pipelines(args):
     """Child process: every worker count in each of ``args.rounds`` rounds."""
-    config = bench_config(args.size)
+    config = variant(CONFIG_NAME, args.size)
     priors = prior_boxes(config)
     runs = {str(w): [] for w in args.workers}
     for _ in range(args.rounds):
@@ -303,25 +297,11 @@ def matching_times(priors, gt_counts, runs, num_classes):
     return times
 
 
-def run_child(args, target):
-    command = [sys.executable, os.path.abspath(__file__), "--child", target,
-               "--mindrecord_dir", args.mindrecord_dir, "--size", str(args.size),
-               "--batch", str(args.batch), "--rounds", str(args.rounds),
-               "--warmup", str(args.warmup), "--batches", str(args.batches),
-               "--workers"] + [str(w) for w in args.workers]
-    done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=False)
-    results = [line[len(RESULT_MARKER):] for line in done.stdout.splitlines()
-               if line.startswith(RESULT_MARKER)]
-    if done.returncode != 0 or not results:
-        raise RuntimeError(f"child {target} failed (exit {done.returncode}):\n{done.stdout}")
-    return json.loads(results[-1])
-
-
 def print_data_stats(args, stats):
     solid = stats["solid"]
     print(f"\nData: {stats['images']} images ({args.tiles}x{args.tiles} mosaics of "
-          f"src.synthetic images)" if args.tiles > 1 else
-          f"\nData: {stats['images']} src.synthetic images (image_size {args.image_size})")
+          f"src.data.synthetic images)" if args.tiles > 1 else
+          f"\nData: {stats['images']} src.data.synthetic images (image_size {args.image_size})")
     print(f"image H x W: {min(stats['heights'])}-{max(stats['heights'])} x "
           f"{min(stats['widths'])}-{max(stats['widths'])} px (mean "
           f"{statistics.mean(stats['heights']):.0f} x {statistics.mean(stats['widths']):.0f}); "
@@ -397,13 +377,13 @@ def print_matching(times, runs, num_priors):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=550, help="network input side (max_size)")
-    parser.add_argument("--batch", type=int, default=8, help="images per batch")
+    parser = make_parser(__doc__)
+    add_timing_arguments(parser, rounds=3, rounds_help="interleaved pipeline rounds",
+                         warmup_help="untimed batches per pipeline",
+                         size_help="network input side (max_size)",
+                         batch=8, batch_help="images per batch")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="map worker counts to measure (the first is the ratio's base)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved pipeline rounds")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches per pipeline")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per pipeline")
     parser.add_argument("--num_images", type=int, default=64, help="images in the data set")
     parser.add_argument("--image_size", type=int, default=640,
@@ -413,29 +393,26 @@ def parse_args(argv=None):
     parser.add_argument("--split_images", type=int, default=32,
                         help="samples for the per-sample cost split")
     parser.add_argument("--match_runs", type=int, default=25, help="draws per matching case")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mindrecord_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.workers) < 1 or args.rounds < 1 or args.warmup < 1 or args.batches < 1:
-        parser.error("--workers, --rounds, --warmup and --batches must be >= 1")
-    if args.tiles < 1:
-        parser.error("--tiles must be >= 1")
+    require_positive(parser, args, "workers", "rounds", "warmup", "batches")
+    require_positive(parser, args, "tiles")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
-        print(RESULT_MARKER + json.dumps(measure_pipelines(args)), flush=True)
+        print_child_result(measure_pipelines(args))
         return
-    config = bench_config(args.size)
+    config = variant(CONFIG_NAME, args.size)
     priors = prior_boxes(config)
     with tempfile.TemporaryDirectory(prefix="bench_data_") as root:
         started = time.perf_counter()
         args.mindrecord_dir, stats = write_records(root, args.num_images, args.image_size,
                                                    args.tiles)
         prepare_s = time.perf_counter() - started
-        pipeline = run_child(args, "pipeline")
+        pipeline = run_child(__file__, "pipeline", args, CHILD_OPTIONS)
         split = sample_cost_split(config, args.mindrecord_dir, priors, args.split_images)
     matching = matching_times(priors, (5, 20, 50), args.match_runs, config.num_classes)
     print(machine_description())

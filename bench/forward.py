@@ -17,75 +17,32 @@ weights so that sampling is fractional, as with trained weights. Detection and m
 assembly have static shapes (always 80 classes x 200 candidates, 100 masks), so their cost
 hardly depends on the weights.
 """
-import argparse
-import datetime
-import importlib.metadata
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from src.utils.cpu_env import set_cpu_env_defaults  # noqa: E402
-
-set_cpu_env_defaults()
-# Compile times are reported: a cached graph would hide them.
-os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
+# Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
+from bench.common import (add_model_arguments, compile_and_warm,  # noqa: E402
+                          machine_description, make_parser, median_cpu, median_wall,
+                          paired_ratio, peak_rss_mb, print_child_result, print_dcn_layers,
+                          randomise_offset_convs, require_positive, run_child, time_dcn_layers,
+                          timed, variant, SEED)
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
-from src.config.schema import replace  # noqa: E402
-from src.config.variants import VARIANTS  # noqa: E402
-from src.inference import build_inference_net  # noqa: E402
+from src.inference.net import build_inference_net  # noqa: E402
 from src.model.build import build_model  # noqa: E402
-from src.model.dcn import IMPLS as DCN_IMPLS, ModulatedDeformConv2d  # noqa: E402
-from src.model.resnet import ResNet, uses_dcn  # noqa: E402
+from src.model.resnet import ResNet  # noqa: E402
 from src.postprocess.masks import assemble_masks_tensor  # noqa: E402
-from src.train.context import init_context  # noqa: E402
+from src.runtime import init_context  # noqa: E402
 
-RESULT_MARKER = "BENCH_RESULT "
 DEFAULT_CONFIGS = ("yolact_plus_resnet50", "yolact_plus_base")
-# Offset conv weight std: offsets of about a pixel, like a trained DCN's.
-OFFSET_WEIGHT_STD = 1e-3
-# --impl: the C++ CPU kernels (DCN sampling, Winograd head convs) or MindSpore primitives only
-# with the fast or the native DCN.
-IMPLS = ("kernel", "fast", "native")
-
-
-def impl_changes(impl):
-    """Config changes (for ``replace``) that select ``impl``, one of ``IMPLS``."""
-    if impl == "kernel":
-        return {"model.kernels": "cpu"}
-    return {"model.kernels": "portable", "model.backbone.dcn_impl": impl}
-
-
-def peak_rss_mb():
-    """Peak resident set size of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run_synced(net, inputs):
-    """Run ``net`` and copy every output to the host, so the time covers the whole graph."""
-    outputs = net(*inputs)
-    if not isinstance(outputs, (tuple, list)):
-        outputs = (outputs,)
-    return tuple(o.asnumpy() for o in outputs)
-
-
-def timed(net, inputs):
-    """(wall seconds, process CPU seconds) of one synced call. The CPU time of all threads
-    moves less than the wall time when other processes take cores: a thread waiting for a
-    core counts in one, not in the other."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run_synced(net, inputs)
-    return time.perf_counter() - wall, time.process_time() - cpu
+# Options a child gets from the parent's command line.
+CHILD_OPTIONS = ("rounds", "warmup", "size", "batch", "impl", "profile")
 
 
 class NeckAndHeads(nn.Cell):
@@ -121,20 +78,6 @@ class DetectAndMasks(nn.Cell):
         return boxes, classes, scores, mask_scores, masks, valid
 
 
-def randomise_offset_convs(cell, rng):
-    for name, param in cell.parameters_and_names():
-        if "conv_offset_mask.weight" in name:
-            param.set_data(ms.Tensor(rng.normal(0, OFFSET_WEIGHT_STD, param.shape), ms.float32))
-
-
-def compile_and_warm(net, inputs, warmup):
-    """Returns the first call's time (graph compile + one run); then ``warmup - 1`` more runs."""
-    first = timed(net, inputs)[0]
-    for _ in range(warmup - 1):
-        timed(net, inputs)
-    return first
-
-
 def interleaved_rounds(baseline, baseline_inputs, measured, rounds):
     """``rounds`` times: for each (name, net, inputs) of ``measured``, the baseline then the net.
 
@@ -144,8 +87,8 @@ def interleaved_rounds(baseline, baseline_inputs, measured, rounds):
     times = {name: {"runs": [], "baseline": []} for name, _, _ in measured}
     for _ in range(rounds):
         for name, net, inputs in measured:
-            times[name]["baseline"].append(timed(baseline, baseline_inputs))
-            times[name]["runs"].append(timed(net, inputs))
+            times[name]["baseline"].append(timed(baseline, baseline_inputs)[:2])
+            times[name]["runs"].append(timed(net, inputs)[:2])
     return times
 
 
@@ -157,12 +100,12 @@ def plain_resnet50(warmup, images):
 
 def measure_config(args, name):
     """Child process: one config's timings, compile times and peak RSS (a JSON-able dict)."""
-    init_context("CPU")
+    context = init_context("CPU")
     rss = {"runtime": peak_rss_mb()}
-    config = replace(VARIANTS[name], **{"data.max_size": args.size, **impl_changes(args.impl)})
-    rng = np.random.default_rng(0)
+    config = variant(name, args.size, args.impl)
+    rng = np.random.default_rng(SEED)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size)), ms.float32)
-    model = build_model(config)
+    model = build_model(config, context.device_target)
     randomise_offset_convs(model, rng)
     model.set_train(False)
     inference = build_inference_net(config, model)
@@ -188,103 +131,12 @@ def measure_config(args, name):
             "rss_mb": rss}
 
 
-def dcn_layer_shapes(size):
-    """Distinct DCN layer shapes of the ResNet backbones at ``size``, with how many blocks of
-    R-50++ and R-101++ use each. Returns [(level, channels, in_side, stride, n50, n101)],
-    level the stage's output ("C3".."C5")."""
-    side = (size + 6 - 7) // 2 + 1          # conv1 7x7/2 pad 3
-    side = (side + 2 - 3) // 2 + 1          # maxpool 3x3/2 pad 1
-    backbones = [VARIANTS[n].model.backbone for n in ("yolact_plus_resnet50", "yolact_plus_base")]
-    shapes = []
-    for stage in (1, 2, 3):
-        channels = 64 * 2 ** stage
-        # The first block of the stage takes the previous stage's side, with stride 2.
-        for stride, in_side in ((2, side), (1, (side - 1) // 2 + 1)):
-            counts = []
-            for bb in backbones:
-                blocks = [i for i in range(bb.layers[stage])
-                          if uses_dcn(i, bb.layers[stage], bb.dcn_layers[stage], bb.dcn_interval)
-                          and (i == 0) == (stride == 2)]
-                counts.append(len(blocks))
-            shapes.append((f"C{stage + 2}", channels, in_side, stride, counts[0], counts[1]))
-        side = (side - 1) // 2 + 1
-    return shapes
-
-
-def dcn_comparison_layers(channels, stride, rng):
-    """The layers compared per DCN shape: plain 3x3 conv, the offset/mask conv alone, and
-    the DCN implementations (their offset convs randomised so sampling is fractional)."""
-    layers = {
-        "plain": nn.Conv2d(channels, channels, 3, stride=stride, pad_mode="pad", padding=1,
-                           has_bias=False),
-        "offset_conv": nn.Conv2d(channels, 27, 3, stride=stride, pad_mode="pad", padding=1),
-    }
-    for impl in DCN_IMPLS:
-        layers[impl] = ModulatedDeformConv2d(channels, channels, stride=stride, impl=impl)
-    for layer in layers.values():
-        randomise_offset_convs(layer, rng)
-    return layers
-
-
-def dcn_layer_row(shape, times):
-    """One table row from ``dcn_layer_shapes``' ``shape`` and {layer: [seconds per round]};
-    ratios are per round (same round's plain conv): robust to the machine's slow drifts."""
-    level, channels, side, stride, n50, n101 = shape
-    return {"level": level, "channels": channels, "side": side, "stride": stride,
-            "n50": n50, "n101": n101,
-            "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
-            "over_plain": {k: statistics.median(t / p for t, p in zip(v, times["plain"]))
-                           for k, v in times.items()}}
-
-
 def measure_dcn_layers(args):
     """Child process: one 3x3 layer per backbone DCN shape, plain conv vs each DCN
     implementation vs the offset/mask conv alone, interleaved per round. Returns a JSON-able
     dict."""
     init_context("CPU")
-    rng = np.random.default_rng(0)
-    rows = []
-    for shape in dcn_layer_shapes(args.size):
-        _, channels, side, stride, _, _ = shape
-        x = ms.Tensor(rng.standard_normal((args.batch, channels, side, side)), ms.float32)
-        layers = dcn_comparison_layers(channels, stride, rng)
-        for layer in layers.values():
-            compile_and_warm(layer, (x,), args.warmup)
-        times = {name: [] for name in layers}
-        for _ in range(args.rounds):
-            for name, layer in layers.items():
-                times[name].append(timed(layer, (x,))[0])
-        rows.append(dcn_layer_row(shape, times))
-    return {"dcn_layers": rows}
-
-
-def run_child(args, target):
-    """Run this script as a child process for ``target``; returns its result dict."""
-    command = [sys.executable, os.path.abspath(__file__), "--child", target,
-               "--rounds", str(args.rounds), "--warmup", str(args.warmup),
-               "--size", str(args.size), "--batch", str(args.batch),
-               "--impl", args.impl] + (["--profile"] if args.profile else [])
-    done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=False)
-    results = [line[len(RESULT_MARKER):] for line in done.stdout.splitlines()
-               if line.startswith(RESULT_MARKER)]
-    if done.returncode != 0 or not results:
-        raise RuntimeError(f"child for {target} failed (exit {done.returncode}):\n{done.stdout}")
-    return json.loads(results[-1])
-
-
-def machine_description():
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"machine: {cpu}, {os.cpu_count()} logical cores "
-            f"({len(os.sched_getaffinity(0))} usable), load average {load}\n"
-            f"MindSpore {importlib.metadata.version('mindspore')}, "
-            f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')}, "
-            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+    return time_dcn_layers(args)
 
 
 STAGE_LABELS = {"network": "network forward", "inference": "full inference",
@@ -295,22 +147,20 @@ STAGE_LABELS = {"network": "network forward", "inference": "full inference",
 def format_config_rows(result):
     times = result["times"]
     baseline = [run for stage in times.values() for run in stage["baseline"]]
-    base_wall = statistics.median(wall for wall, _ in baseline)
-    base_cpu = statistics.median(cpu for _, cpu in baseline)
+    base_wall, base_cpu = median_wall(baseline), median_cpu(baseline)
     lines = []
     for stage, label in STAGE_LABELS.items():
         if stage not in times:
             continue
-        walls = [wall for wall, _ in times[stage]["runs"]]
-        cpu = statistics.median(cpu for _, cpu in times[stage]["runs"])
-        median = statistics.median(walls)
+        runs = times[stage]["runs"]
+        median, cpu = median_wall(runs), median_cpu(runs)
         # Each run over the baseline run just before it: robust to slow drifts of the machine.
-        paired = statistics.median(run[0] / base[0] for run, base in
-                                   zip(times[stage]["runs"], times[stage]["baseline"]))
+        paired = paired_ratio(runs, times[stage]["baseline"])
         rss = f"{result['rss_mb']['model']:.0f}" if stage == "network" else ""
         lines.append(f"| {result['config']} | {result['impl']} | {label} | {median:.3f} | "
-                     f"{min(walls):.3f} | {median / base_wall:.2f} | {paired:.2f} | {cpu:.3f} | "
-                     f"{cpu / base_cpu:.2f} | {result['compile'][stage]:.1f} | {rss} |")
+                     f"{min(wall for wall, _ in runs):.3f} | {median / base_wall:.2f} | "
+                     f"{paired:.2f} | {cpu:.3f} | {cpu / base_cpu:.2f} | "
+                     f"{result['compile'][stage]:.1f} | {rss} |")
     lines.append(f"| {result['config']} | | ResNet-50 baseline | {base_wall:.3f} | "
                  f"{min(wall for wall, _ in baseline):.3f} | 1.00 | 1.00 | {base_cpu:.3f} | "
                  f"1.00 | {result['compile']['baseline']:.1f} | |")
@@ -344,64 +194,28 @@ def print_config_table(results):
               f"{rss['child']:.0f}")
 
 
-def print_dcn_layers(rows, title="One 3x3 layer per DCN shape (ms, median)", measured="DCN"):
-    """The per-shape DCN table and each implementation's summed cost over plain convs;
-    ``measured`` names what was timed (also used by bench/train_step.py)."""
-    print(f"\n{title}; n = DCN blocks of that shape")
-    print("| level | C | in side | stride | n R-50++ | n R-101++ | plain conv | offset conv | "
-          + " | ".join(f"DCN {impl}" for impl in DCN_IMPLS) + " | "
-          + " | ".join(f"{impl} / plain" for impl in DCN_IMPLS) + " |")
-    print("|---" * (8 + 2 * len(DCN_IMPLS)) + "|")
-    extra = {impl: [0.0, 0.0] for impl in DCN_IMPLS}
-    for row in rows:
-        med = row["median_ms"]
-        print(f"| {row['level']} | {row['channels']} | {row['side']} | {row['stride']} | "
-              f"{row['n50']} | {row['n101']} | {med['plain']:.1f} | {med['offset_conv']:.1f} | "
-              + " | ".join(f"{med[impl]:.1f}" for impl in DCN_IMPLS) + " | "
-              + " | ".join(f"{row['over_plain'][impl]:.2f}" for impl in DCN_IMPLS) + " |")
-        for impl in extra:
-            extra[impl][0] += row["n50"] * (row["over_plain"][impl] - 1) * med["plain"]
-            extra[impl][1] += row["n101"] * (row["over_plain"][impl] - 1) * med["plain"]
-    for impl, (r50, r101) in extra.items():
-        print(f"{measured} {impl}: cost over plain 3x3 convs, summed over the blocks: "
-              f"R-50++ {r50:.0f} ms, R-101++ {r101:.0f} ms")
-    print("<impl> / plain: median over rounds of the layer's time / the plain conv's time in the "
-          "same round.")
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="*", default=list(DEFAULT_CONFIGS),
-                        choices=sorted(VARIANTS),
-                        help="variants to measure (none: only --dcn_layers)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed calls per net before the rounds, the compiling one included")
-    parser.add_argument("--size", type=int, default=550, help="input side in pixels")
-    parser.add_argument("--batch", type=int, default=1, help="images per forward")
-    parser.add_argument("--impl", choices=IMPLS, default="kernel",
-                        help="kernel: the C++ CPU kernels (DCN, Winograd head convs; what runs "
-                             "on CPU); fast / native: MindSpore primitives only, with that DCN")
+    parser = make_parser(__doc__)
+    add_model_arguments(
+        parser, configs=DEFAULT_CONFIGS, configs_help="variants to measure (none: only "
+        "--dcn_layers)", rounds=7, batch=1, batch_help="images per forward",
+        warmup_help="untimed calls per net before the rounds, the compiling one included",
+        dcn_layers_help="also time one layer per DCN shape: plain conv vs each DCN")
     parser.add_argument("--profile", action="store_true",
                         help="also time backbone / FPN+protonet+heads / detection+masks")
-    parser.add_argument("--dcn_layers", action="store_true",
-                        help="also time one layer per DCN shape: plain conv vs each DCN")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 1:
-        parser.error("--rounds and --warmup must be >= 1")
+    require_positive(parser, args, "rounds", "warmup")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
-        result = (measure_dcn_layers(args) if args.child == "dcn_layers"
-                  else measure_config(args, args.child))
-        print(RESULT_MARKER + json.dumps(result), flush=True)
+        print_child_result(measure_dcn_layers(args) if args.child == "dcn_layers"
+                           else measure_config(args, args.child))
         return
-    results = [run_child(args, name) for name in args.configs]
-    dcn = run_child(args, "dcn_layers") if args.dcn_layers else None
+    results = [run_child(__file__, name, args, CHILD_OPTIONS) for name in args.configs]
+    dcn = run_child(__file__, "dcn_layers", args, CHILD_OPTIONS) if args.dcn_layers else None
     print_report(args, results, dcn)
 
 

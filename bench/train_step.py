@@ -8,19 +8,22 @@ Run from the repository root::
     python bench/train_step.py --profile heads loss       # + only these groups of pieces
     python bench/train_step.py --configs yolact_plus_base --impl native --rounds 7
 
-The YOLACT++ step is the code ``train.py`` runs (``src.train.trainer``): ``build_model`` in
-train mode with BatchNorm frozen or not as the trainer decides for the batch
-(``resolve_freeze_bn``: frozen below 6 per device), ``MultiBoxLoss`` with the model's maskiou
-net, ``build_optimizer`` (Momentum, weight decay on all, the per-iteration lr array of the
-batch-scaled schedule) over the trainable parameters, the dynamic loss scaler and
-``make_train_step``. Its inputs are real batches: a few synthetic images (``src.synthetic``,
-``--image_size``) converted to MindRecord and read back through ``create_train_dataset``
-(augmentation on), reused round-robin. The weights are random; the DCN offset convs get
-small random weights (as ``bench/forward.py``) so that sampling is fractional.
+The YOLACT++ step is the one ``train.py`` runs, built by the same function
+(``src.train.setup.build_training``) from the variant with ``train.batch_size`` = ``--batch``
+on one device: ``build_model`` in train mode with BatchNorm frozen or not as the trainer
+decides for the batch (``freezes_bn``: frozen below 6 per device), ``MultiBoxLoss`` with the
+model's maskiou net, ``build_optimizer`` (the config's optimizer, weight decay on all, the
+per-iteration lr array of the schedule scaled from ``train.schedule_batch_size`` to the batch,
+cut at ``run.stop_iter`` = the calls a child makes) over the trainable parameters, the
+dynamic loss scaler (``run.loss_scale``) and ``make_train_step``. Its inputs are real
+batches: a few synthetic images (``src/data/synthetic.py``, ``--image_size``) converted to
+MindRecord and read back through ``create_train_dataset`` (the config's augmentation),
+reused round-robin. The weights are random; the DCN offset convs get small random weights
+(as ``bench/forward.py``) so that sampling is fractional.
 
 The baseline is ``ResNet(layers=(3, 4, 6, 3))`` without DCN, same BatchNorm setting, trained
-by the same ``make_train_step`` with the same optimizer and scaler; its loss is the sum of
-the means of C3, C4 and C5.
+by the same ``make_train_step`` with an optimizer and scaler built from the same settings;
+its loss is the sum of the means of C3, C4 and C5.
 
 Timings on the shared CPU drift by tens of percent, so rounds interleave the baseline and
 the measured step in one child process per config (its peak RSS is its own); the ratios
@@ -30,90 +33,42 @@ the optimizer) on fixed inputs, one child process per group of pieces, each with
 baseline rounds. A separate child runs the baseline alone for its peak RSS.
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from src.utils.cpu_env import set_cpu_env_defaults  # noqa: E402
-
-set_cpu_env_defaults()
-# Compile times are reported: a cached graph would hide them.
-os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
+# Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
+from bench.common import (Measured, add_model_arguments, machine_description,  # noqa: E402
+                          make_parser, median_cpu, median_wall, paired_ratio, peak_rss_mb,
+                          print_child_result, print_dcn_layers, randomise_offset_convs,
+                          require_positive, run_child, time_dcn_layers, variant, SEED)
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import ops  # noqa: E402
 
-from bench.forward import (IMPLS, dcn_comparison_layers, dcn_layer_row,  # noqa: E402
-                           dcn_layer_shapes, impl_changes, machine_description, peak_rss_mb,
-                           print_dcn_layers, randomise_offset_convs)
-from src.config.schema import replace  # noqa: E402
-from src.config.variants import VARIANTS  # noqa: E402
 from src.data.coco import load_coco  # noqa: E402
 from src.data.dataset import TRAIN_COLUMNS, create_train_dataset  # noqa: E402
 from src.data.mindrecord import write_mindrecord  # noqa: E402
-from src.losses.build import build_loss  # noqa: E402
-from src.model.build import build_model, prior_boxes  # noqa: E402
+from src.data.synthetic import generate_dataset  # noqa: E402
+from src.model.build import prior_boxes  # noqa: E402
 from src.model.resnet import ResNet  # noqa: E402
-from src.synthetic import generate_dataset  # noqa: E402
-from src.train.context import init_context  # noqa: E402
+from src.runtime import init_context  # noqa: E402
+from src.train.ema import WeightAverage  # noqa: E402
 from src.train.lr_schedule import learning_rates, scale_for_batch_size  # noqa: E402
 from src.train.optimizer import build_optimizer  # noqa: E402
+from src.train.setup import build_training, freezes_bn  # noqa: E402
 from src.train.train_step import build_grad_reducer, build_loss_scaler, make_train_step  # noqa: E402
-from src.train.trainer import resolve_freeze_bn  # noqa: E402
 
-RESULT_MARKER = "BENCH_RESULT "
 DEFAULT_CONFIGS = ("yolact_plus_resnet50",)
 TARGET_RATIO = 2.6
 AUTHORS_STEP_S, AUTHORS_BASELINE_S = 10.0, 3.2
-SEED = 0
-
-
-def synced(outputs):
-    """Host copies of every tensor in a (nested) output, so a timing covers the whole graph."""
-    if isinstance(outputs, (tuple, list)):
-        return [synced(o) for o in outputs]
-    return outputs.asnumpy() if isinstance(outputs, ms.Tensor) else outputs
-
-
-def timed(function, inputs):
-    """(wall s, process CPU s of all threads, host outputs) of one synced call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    outputs = synced(function(*inputs))
-    return time.perf_counter() - wall, time.process_time() - cpu, outputs
-
-
-class Measured:
-    """A jitted function and its input tuples, called round-robin over the inputs."""
-
-    def __init__(self, name, function, inputs):
-        self.name, self.function, self.inputs = name, function, inputs
-        self.calls = 0
-        self.runs, self.outputs = [], []
-
-    def call(self):
-        wall, cpu, outputs = timed(self.function, self.inputs[self.calls % len(self.inputs)])
-        self.calls += 1
-        return wall, cpu, outputs
-
-    def compile_and_warm(self, warmup):
-        """The first call's wall time (graph compile + one run); then ``warmup - 1`` calls."""
-        first = self.call()[0]
-        for _ in range(warmup - 1):
-            self.call()
-        return first
-
-    def record(self):
-        wall, cpu, outputs = self.call()
-        self.runs.append((wall, cpu))
-        self.outputs.append(outputs)
+# Options a child gets from the parent's command line.
+CHILD_OPTIONS = ("rounds", "warmup", "size", "batch", "impl", "configs", "batches_file")
 
 
 def backbone_loss(c3, c4, c5):
@@ -122,14 +77,36 @@ def backbone_loss(c3, c4, c5):
     return terms.sum(), terms
 
 
-def build_step(network, loss_fn, lrs, schedule):
-    """``make_train_step`` with the trainer's optimizer and dynamic loss scaler; returns
-    (step, optimizer)."""
-    optimizer = build_optimizer(network.trainable_params(), lrs, schedule.momentum,
-                                schedule.weight_decay)
-    step = make_train_step(network, loss_fn, optimizer, build_loss_scaler("dynamic"),
-                           build_grad_reducer(optimizer.parameters, False))
-    return step, optimizer
+def training_config(args, name):
+    """The variant ``name`` at ``--size`` with ``--impl``'s kernels, set for
+    ``build_training`` to build the measured step: a total batch of ``--batch`` (one device;
+    the schedule is scaled to it from ``train.schedule_batch_size``), seed ``SEED``, random
+    weights, float32, the dynamic loss scaler, and an lr array as long as the steps a child
+    runs (``run.stop_iter``: the warm-up calls and the rounds)."""
+    return variant(name, args.size, args.impl, **{
+        "train.batch_size": args.batch, "run.seed": SEED, "run.backbone_ckpt": "",
+        "run.amp_level": "O0", "run.loss_scale": "dynamic",
+        "run.stop_iter": args.warmup + args.rounds})
+
+
+def baseline_step(config):
+    """The plain ResNet-50 (no DCN) train step: BatchNorm, optimizer, lr array, loss scaler,
+    gradient clipping and weight average set from ``config`` (a ``training_config``) as
+    ``build_training`` sets them for YOLACT++, with ``backbone_loss``. Returns (network, step).
+    """
+    schedule = scale_for_batch_size(config.train)
+    network = ResNet(layers=(3, 4, 6, 3),
+                     freeze_bn=freezes_bn(config.train.freeze_bn, config.train.batch_size))
+    network.set_train(True)
+    optimizer = build_optimizer(network.trainable_params(),
+                                learning_rates(schedule, config.run.stop_iter),
+                                schedule.momentum, schedule.weight_decay, schedule.optimizer)
+    weight_average = WeightAverage(network, schedule.ema_decay) if schedule.ema_decay else None
+    step = make_train_step(network, backbone_loss, optimizer,
+                           build_loss_scaler(config.run.loss_scale),
+                           build_grad_reducer(optimizer.parameters, False),
+                           schedule.grad_clip_norm, weight_average)
+    return network, step
 
 
 def optimizer_update(optimizer):
@@ -186,12 +163,10 @@ PROFILE_GROUPS = {
 }
 
 
-def checked_grads_runner(model, loss_fn, params):
-    """``make_train_step``'s body without the update: forward with the dynamic scaler's
+def checked_grads_runner(model, loss_fn, scaler, params):
+    """``make_train_step``'s body without the update: forward with the loss scaler's
     scaling, backward, unscale, the finite check and its ``if``; returns the loss and the
     first element of every gradient."""
-    scaler = build_loss_scaler("dynamic")
-
     def forward(images, *targets):
         total, terms = loss_fn(*model(images), *targets)
         return scaler.scale(total), (total, terms)
@@ -211,10 +186,11 @@ def checked_grads_runner(model, loss_fn, params):
     return run
 
 
-def profile_stages(group, model, loss_fn, optimizer, batches):
-    """Measured pieces of the YOLACT++ step for one of ``PROFILE_GROUPS``, each on fixed
-    inputs: the real batches, or the network's own backbone features / outputs computed once
-    per batch."""
+def profile_stages(group, setup, batches):
+    """Measured pieces of the YOLACT++ step of ``setup`` (a ``TrainingSetup``) for one of
+    ``PROFILE_GROUPS``, each on fixed inputs: the real batches, or the network's own backbone
+    features / outputs computed once per batch."""
+    model, loss_fn, optimizer = setup.model, setup.loss_fn, setup.optimizer
     backbone = model.backbone
     images = [(b[0],) for b in batches]
     targets = [b[1:] for b in batches]
@@ -264,7 +240,8 @@ def profile_stages(group, model, loss_fn, optimizer, batches):
                          batches)]
     if group == "checked_grads":
         return [Measured("checked_grads",
-                         checked_grads_runner(model, loss_fn, model.trainable_params()), batches)]
+                         checked_grads_runner(model, loss_fn, setup.scaler,
+                                              model.trainable_params()), batches)]
     if group == "forward":
         outputs = [tuple(network_forward(*x)) for x in images]
         # Gradients of a realistic size for the update alone (it does not look at the values).
@@ -321,37 +298,25 @@ def load_batches(path):
                 for i in range(count)]
 
 
-def bench_config(args, name):
-    return replace(VARIANTS[name], **{"data.max_size": args.size, **impl_changes(args.impl)})
-
-
 def measure_config(args, name, group=None):
     """Child process: one config's train step (``group`` None) or one ``PROFILE_GROUPS``
     group of its pieces, interleaved with the baseline step; a JSON-able dict."""
-    init_context("CPU")
-    ms.set_seed(SEED)
+    context = init_context("CPU")
     rss = {"runtime": peak_rss_mb()}
-    config = bench_config(args, name)
-    schedule = scale_for_batch_size(config.train, args.batch)
-    freeze_bn = resolve_freeze_bn(config.train.freeze_bn, args.batch)
+    config = training_config(args, name)
     batches = load_batches(args.batches_file)
-    lrs = learning_rates(schedule)
     rss["inputs"] = peak_rss_mb()
 
-    model = build_model(config, freeze_bn=freeze_bn)
+    setup = build_training(config, context)
+    model = setup.model
     randomise_offset_convs(model, np.random.default_rng(SEED))
-    model.set_train(True)
-    loss_fn = build_loss(config, model)
-    train_step, optimizer = build_step(model, loss_fn, lrs, schedule)
-    measured = ([Measured("step", train_step, batches)] if group is None
-                else profile_stages(group, model, loss_fn, optimizer, batches))
+    measured = ([Measured("step", setup.step, batches, keep_outputs=True)] if group is None
+                else profile_stages(group, setup, batches))
     compile_s = {m.name: m.compile_and_warm(args.warmup) for m in measured}
     rss["measured"] = peak_rss_mb()
 
-    baseline_net = ResNet(layers=(3, 4, 6, 3), freeze_bn=freeze_bn)
-    baseline_net.set_train(True)
-    baseline = Measured("baseline", build_step(baseline_net, backbone_loss, lrs, schedule)[0],
-                        [(b[0],) for b in batches])
+    baseline_net, step = baseline_step(config)
+    baseline = Measured("baseline", step, [(b[0],) for b in batches], keep_outputs=True)
     compile_s["baseline"] = baseline.compile_and_warm(args.warmup)
     rss["child"] = peak_rss_mb()
 
@@ -359,7 +324,7 @@ def measure_config(args, name, group=None):
         baseline.record()
         for item in measured:
             item.record()
-    result = {"config": name, "group": group, "impl": args.impl, "freeze_bn": freeze_bn,
+    result = {"config": name, "group": group, "impl": args.impl, "freeze_bn": setup.freeze_bn,
               "num_params": sum(p.size for p in model.trainable_params()),
               "baseline_params": sum(p.size for p in baseline_net.trainable_params()),
               "runs": {m.name: m.runs for m in [baseline] + measured},
@@ -377,15 +342,10 @@ def measure_baseline_rss(args):
     """Child process: the baseline step alone, for its peak RSS."""
     init_context("CPU")
     ms.set_seed(SEED)
-    config = bench_config(args, args.configs[0])
-    schedule = scale_for_batch_size(config.train, args.batch)
-    freeze_bn = resolve_freeze_bn(config.train.freeze_bn, args.batch)
+    config = training_config(args, args.configs[0])
     images = [(b[0],) for b in load_batches(args.batches_file)]
-    lrs = learning_rates(schedule)
     start = peak_rss_mb()
-    network = ResNet(layers=(3, 4, 6, 3), freeze_bn=freeze_bn)
-    network.set_train(True)
-    baseline = Measured("baseline", build_step(network, backbone_loss, lrs, schedule)[0], images)
+    baseline = Measured("baseline", baseline_step(config)[1], images)
     baseline.compile_and_warm(args.warmup + 1)
     return {"rss_mb": {"inputs": start, "baseline": peak_rss_mb()}}
 
@@ -401,20 +361,7 @@ def measure_dcn_layers(args):
     """Child process: per DCN shape of the backbones, forward + backward of a plain 3x3 conv,
     the offset/mask conv, and each DCN implementation, interleaved per round."""
     init_context("CPU")
-    rng = np.random.default_rng(SEED)
-    rows = []
-    for shape in dcn_layer_shapes(args.size):
-        _, channels, side, stride, _, _ = shape
-        x = (ms.Tensor(rng.standard_normal((args.batch, channels, side, side)), ms.float32),)
-        runners = {}
-        for name, layer in dcn_comparison_layers(channels, stride, rng).items():
-            runners[name] = Measured(name, fwd_bwd_layer(layer), [x])
-            runners[name].compile_and_warm(args.warmup)
-        for _ in range(args.rounds):
-            for runner in runners.values():
-                runner.record()
-        rows.append(dcn_layer_row(shape, {k: [w for w, _ in r.runs] for k, r in runners.items()}))
-    return {"dcn_layers": rows}
+    return time_dcn_layers(args, fwd_bwd_layer)
 
 
 def prepare_batches(args, root):
@@ -425,9 +372,9 @@ def prepare_batches(args, root):
     mindrecord_dir = os.path.join(root, "mindrecord")
     write_mindrecord(dataset.images, mindrecord_dir, "train", 1, categories=dataset.categories,
                      log=lambda line: None)
-    config = bench_config(args, args.configs[0])
+    config = variant(args.configs[0], args.size, **{"data.num_parallel_workers": 1})
     pipeline = create_train_dataset(config, mindrecord_dir, args.batch, prior_boxes(config),
-                                    seed=SEED, num_iterations=args.num_batches, num_workers=1)
+                                    seed=SEED, num_iterations=args.num_batches)
     arrays, positives, objects = {}, [], []
     for index, batch in enumerate(pipeline.create_tuple_iterator(num_epochs=1,
                                                                  output_numpy=True)):
@@ -441,22 +388,6 @@ def prepare_batches(args, root):
     return path, {"positives": positives, "objects": objects}
 
 
-def run_child(args, target):
-    """Run this script as a child process for ``target``; returns its result dict."""
-    command = [sys.executable, os.path.abspath(__file__), "--child", target,
-               "--rounds", str(args.rounds), "--warmup", str(args.warmup),
-               "--size", str(args.size), "--batch", str(args.batch),
-               "--impl", args.impl, "--configs"] + args.configs
-    if args.batches_file:
-        command += ["--batches_file", args.batches_file]
-    done = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, check=False)
-    results = [line[len(RESULT_MARKER):] for line in done.stdout.splitlines()
-               if line.startswith(RESULT_MARKER)]
-    if done.returncode != 0 or not results:
-        raise RuntimeError(f"child for {target} failed (exit {done.returncode}):\n{done.stdout}")
-    return json.loads(results[-1])
-
-
 STAGE_LABELS = {
     "step": "train step (make_train_step)",
     "grads": "  forward + backward, no update",
@@ -464,7 +395,7 @@ STAGE_LABELS = {
     "network_forward": "  network forward (train mode)",
     "backbone_forward": "  backbone forward",
     "loss_forward": "  loss forward on fixed outputs",
-    "optimizer": "  optimizer update alone (Momentum)",
+    "optimizer": "  optimizer update alone (the config's train.optimizer)",
     "backbone_fwd_bwd": "  backbone fwd+bwd (mean-of-outputs loss)",
     "heads_loss_fwd_bwd": "  FPN + heads + loss fwd+bwd on fixed C3-C5",
     "fpn_fwd_bwd": "    FPN fwd+bwd (mean-of-outputs loss)",
@@ -474,24 +405,19 @@ STAGE_LABELS = {
 }
 
 
-def median_wall(runs):
-    return statistics.median(w for w, _ in runs)
-
-
 def format_rows(result, reference_baseline_s):
     """Table rows of one child: its measured stages, as ratios to its own baseline and as
     seconds at ``reference_baseline_s`` (the step child's baseline median)."""
     runs = result["runs"]
     base = runs["baseline"]
-    base_wall, base_cpu = median_wall(base), statistics.median(c for _, c in base)
+    base_wall, base_cpu = median_wall(base), median_cpu(base)
     bn = "frozen" if result["freeze_bn"] else "trained"
     lines = []
     for stage, label in STAGE_LABELS.items():
         if stage not in runs:
             continue
-        median = median_wall(runs[stage])
-        cpu = statistics.median(c for _, c in runs[stage])
-        paired = statistics.median(r[0] / b[0] for r, b in zip(runs[stage], base))
+        median, cpu = median_wall(runs[stage]), median_cpu(runs[stage])
+        paired = paired_ratio(runs[stage], base)
         first = stage == next(name for name in STAGE_LABELS if name in runs)
         rss = f"{result['rss_mb']['measured']:.0f}" if first else ""
         lines.append(f"| {result['config']} | {result['impl']} | {bn} | {label} | "
@@ -515,9 +441,9 @@ def print_report(args, results, baseline_rss, dcn, inputs):
 
 def print_step_table(args, results, baseline_rss, inputs):
     print(f"{len(inputs['objects']) // args.batch} distinct batches from create_train_dataset "
-          f"({args.num_images} src.synthetic images, image_size {args.image_size}); GT objects "
-          f"per image {min(inputs['objects'])}-{max(inputs['objects'])}, positive priors per "
-          f"image {min(inputs['positives'])}-{max(inputs['positives'])}")
+          f"({args.num_images} src.data.synthetic images, image_size {args.image_size}); "
+          f"GT objects per image {min(inputs['objects'])}-{max(inputs['objects'])}, positive "
+          f"priors per image {min(inputs['positives'])}-{max(inputs['positives'])}")
     print("\n| config | impl | BN | what | median s | min s | x ResNet-50 step | paired | "
           "x ResNet-50 (CPU s) | s at the step run's baseline | compile s (first call) | "
           "peak RSS MB |")
@@ -562,17 +488,12 @@ def print_step_table(args, results, baseline_rss, inputs):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="*", default=list(DEFAULT_CONFIGS),
-                        choices=sorted(VARIANTS), help="variants to measure")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed calls per step before the rounds, the compiling one included")
-    parser.add_argument("--size", type=int, default=550, help="input side in pixels")
-    parser.add_argument("--batch", type=int, default=2, help="images per step")
-    parser.add_argument("--impl", choices=IMPLS, default="kernel",
-                        help="kernel: the C++ CPU kernels (what runs on CPU); fast / native: "
-                             "MindSpore primitives only, with that DCN")
+    parser = make_parser(__doc__)
+    add_model_arguments(
+        parser, configs=DEFAULT_CONFIGS, configs_help="variants to measure", rounds=5, batch=2,
+        batch_help="images per step",
+        warmup_help="untimed calls per step before the rounds, the compiling one included",
+        dcn_layers_help="also time fwd+bwd of one layer per DCN shape: plain vs DCN")
     parser.add_argument("--num_images", type=int, default=8, help="synthetic training images")
     parser.add_argument("--image_size", type=int, default=500,
                         help="nominal synthetic image side (0.75-1.25x)")
@@ -581,15 +502,11 @@ def parse_args(argv=None):
     parser.add_argument("--profile", nargs="*", choices=sorted(PROFILE_GROUPS),
                         help="also time pieces of the step, one process per group (no names: "
                              "all groups)")
-    parser.add_argument("--dcn_layers", action="store_true",
-                        help="also time fwd+bwd of one layer per DCN shape: plain vs DCN")
     parser.add_argument("--no_baseline_rss", action="store_true",
                         help="skip the child that runs the baseline alone for its peak RSS")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batches_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 1 or args.num_batches < 1:
-        parser.error("--rounds, --warmup and --num_batches must be >= 1")
+    require_positive(parser, args, "rounds", "warmup", "num_batches")
     if not args.child and not args.configs and not args.dcn_layers:
         parser.error("nothing to measure: give --configs or --dcn_layers")
     return args
@@ -605,21 +522,22 @@ def main(argv=None):
         else:
             group, _, name = args.child.rpartition(":")
             result = measure_config(args, name, group or None)
-        print(RESULT_MARKER + json.dumps(result), flush=True)
+        print_child_result(result)
         return
     results, baseline_rss, dcn, inputs = [], None, None, None
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as root:
         if args.configs:
             args.batches_file, inputs = prepare_batches(args, root)
         for name in args.configs:
-            step = run_child(args, name)
+            step = run_child(__file__, name, args, CHILD_OPTIONS)
             groups = [] if args.profile is None else args.profile or list(PROFILE_GROUPS)
-            profile = [run_child(args, f"{group}:{name}") for group in groups]
+            profile = [run_child(__file__, f"{group}:{name}", args, CHILD_OPTIONS)
+                       for group in groups]
             results.append((step, profile))
         if args.configs and not args.no_baseline_rss:
-            baseline_rss = run_child(args, "baseline")
+            baseline_rss = run_child(__file__, "baseline", args, CHILD_OPTIONS)
         if args.dcn_layers:
-            dcn = run_child(args, "dcn_layers")
+            dcn = run_child(__file__, "dcn_layers", args, CHILD_OPTIONS)
     print_report(args, results, baseline_rss, dcn, inputs)
 
 
