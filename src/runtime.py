@@ -21,8 +21,7 @@ def set_cpu_env_defaults():
 def add_device_argument(parser):
     """The ``--device_target`` flag every entry script takes."""
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS,
-                        help="device to run on; on GPU/Ascend the environment variable "
-                             "DEVICE_ID picks the card")
+                        help="device; on GPU/Ascend DEVICE_ID picks the card")
 
 
 @dataclass(frozen=True)

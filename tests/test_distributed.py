@@ -21,6 +21,9 @@ from src.model.build import build_model, prior_boxes
 from tests.conftest import tiny_config
 from tests.test_train import NUM_CLASSES, read_state, scalar, write_synthetic_mindrecord
 
+# Slow: two msrun workers train a tiny model.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
 MSRUN = shutil.which("msrun", path=os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))

@@ -25,6 +25,9 @@ from tests.test_eval_cli import decode_rle, run_eval_py
 from tests.test_export import run_export
 from tests.test_train import read_state, run_train_py, scalar, write_config_yaml
 
+# Slow: trains, evaluates and exports a tiny model in subprocesses.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_VAL = 6, 3
 MAX_ITER = 3

@@ -21,6 +21,9 @@ from src.utils.visualize import draw_detections
 from tests.conftest import save_detecting_checkpoint, tiny_config
 from tests.test_train import write_config_yaml
 
+# Slow: eval.py subprocesses compile the inference graph.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The detecting checkpoint's random mask-IoU net predicts IoUs near 0: its mask scores (the
 # ones drawn) are < 0.01. About 9 of scene.png's detections pass 0.002, and top_k cuts them to 5.

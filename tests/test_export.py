@@ -18,6 +18,9 @@ from src.inference.export import (check_differences, compare_with_exported, expo
 from src.inference.exported import DeployError, exported_input_shape, load_exported
 from tests.conftest import save_detecting_checkpoint, tiny_config
 
+# Slow: compiles, exports and reloads MINDIR graphs.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # tests.conftest.tiny_config() as a YAML file, for export.py's --config.

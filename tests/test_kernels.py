@@ -3,6 +3,8 @@ hand-computed case, the kernel choice (``src.kernels.selection``), the same mode
 paths, and the compiler cache. The DCN kernel is tested with the other DCNs in test_dcn.py.
 Tests that build the kernels skip, naming the reason, where no C++ compiler is found."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -167,3 +169,22 @@ def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(build.KernelBuildError, match="model.kernels=portable"):
         build.library_path.__wrapped__("winograd")
+
+
+@pytest.mark.parametrize("script, args", [
+    ("train.py", ["--mindrecord_dir", "unused"]),
+    ("eval.py", ["--ckpt", "unused.ckpt", "--image", "in.png:out.png"]),
+])
+def test_entry_scripts_report_kernels_that_cannot_build_in_one_line(script, args, tmp_path):
+    """model.kernels=cpu without a compiler: exit 2, one error line, no traceback."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CXX="no-such-compiler-xyz", YOLACT_KERNEL_CACHE=str(tmp_path / "k"))
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, script), "--config", "yolact_plus_demo", *args,
+         "--opts", "model.kernels=cpu"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"{script}: error: the CPU kernels") and "Traceback" not in \
+        result.stderr, result.stderr[-2000:]
+    assert "model.kernels=portable" in lines[-1]

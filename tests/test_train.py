@@ -32,6 +32,9 @@ from src.train.setup import build_training
 from src.train.trainer import train
 from tests.conftest import tiny_config
 
+# Slow: compiles and runs the whole train step of a tiny model.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = len(SHAPE_CLASSES) + 1
 OVERFIT_STEPS = 120

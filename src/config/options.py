@@ -14,7 +14,7 @@ import dataclasses
 from src.config.schema import YolactConfig
 
 CONFIG_HELP = "variant name (src/config/variants.py) or a YAML file with __BASE__"
-OPTS_HELP = "other config keys, e.g. train.lr=0.002 data.max_size=400 (values are YAML)"
+OPTS_HELP = "other config keys, e.g. train.lr=0.002 (values are YAML)"
 
 
 def config_fields(cls=YolactConfig, prefix=""):
@@ -42,10 +42,9 @@ def describe(item):
     if metadata.get("choices"):
         parts.append(f"one of {', '.join(metadata['choices'])}")
     default = item.default
-    if isinstance(default, tuple):
-        default = list(default)
-    shown = default if default != "" else '""'
-    return "; ".join(parts) + f" (default {shown})"
+    if default == "":
+        return "; ".join(parts)
+    return "; ".join(parts) + f" (default {list(default) if isinstance(default, tuple) else default})"
 
 
 class ConfigOptions:

@@ -178,23 +178,20 @@ class DrawConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """A training run: where its data and outputs are, how it saves, logs and resumes."""
-    mindrecord_dir: str = setting("", "--output_dir of create_mindrecord.py (holds the train "
-                                      "split); required for training")
-    output_dir: str = setting("", "folder of the checkpoints and train.log; empty: "
-                                  "output/<config name>")
+    mindrecord_dir: str = setting("", "create_mindrecord.py's --output_dir (with a train "
+                                      "split); required to train")
+    output_dir: str = setting("", "checkpoints and train.log; empty: output/<config name>")
     resume: str = setting("", "training checkpoint to continue from, or auto: the newest in "
                               "output_dir")
-    backbone_ckpt: str = setting("", "ImageNet backbone checkpoint from "
-                                     "'python tools/convert_weights.py --backbone'")
-    stop_iter: int = setting(0, "stop at this iteration (0: at the schedule's end); the lr "
-                                "schedule is unchanged, so --resume continues it", minimum=0)
+    backbone_ckpt: str = setting("", "ImageNet backbone from tools/convert_weights.py --backbone")
+    stop_iter: int = setting(0, "stop at this iteration (0: the schedule's end); the schedule "
+                                "is unchanged, --resume continues it", minimum=0)
     save_every: int = setting(10000, "iterations between checkpoints", minimum=1)
     keep_last: int = setting(3, "checkpoints kept (0: all)", minimum=0)
     log_every: int = setting(10, "iterations between log lines", minimum=1)
     seed: int = setting(0, "seed of the weights' init and of the data order", minimum=0)
-    loss_scale: str = setting("dynamic", "loss scaling: dynamic, static (1024) or none",
-                              choices=LOSS_SCALES)
-    amp_level: str = setting("O0", "mixed precision for Ascend/GPU (the losses stay float32)",
+    loss_scale: str = setting("dynamic", "loss scaling (static: 1024)", choices=LOSS_SCALES)
+    amp_level: str = setting("O0", "mixed precision on Ascend/GPU (losses stay float32)",
                              choices=AMP_LEVELS)
     max_nonfinite_steps: int = setting(20, "consecutive non-finite steps before training stops",
                                        minimum=1)

@@ -43,13 +43,20 @@ def find_compiler():
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+def _first_error(compiler_output):
+    """The compiler's first error line (the rest follows from it), or its first line."""
+    lines = [line.strip() for line in compiler_output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[0]
+
+
 @functools.lru_cache(maxsize=None)
 def library_path(name):
     """Path of the compiled ``<name>.cc`` of this folder, compiling it if needed.
 
     Raises:
         KernelBuildError: no C++ compiler, an unwritable cache folder, or the compiler failed
-            (its output is included).
+            (its first error line is included).
     """
     source = os.path.join(SOURCE_DIR, name + ".cc")
     compiler = find_compiler()
@@ -77,7 +84,9 @@ def library_path(name):
         result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, source],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise KernelBuildError(f"compiling {source} failed ({compiler}):\n{result.stderr}")
+            raise KernelBuildError(f"compiling {source} failed ({compiler}): "
+                                   f"{_first_error(result.stderr)}; use model.kernels=portable "
+                                   f"to run without the CPU kernels")
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
