@@ -4,11 +4,13 @@
         --image_dir train2017 --output_dir mindrecord --split train
 
 writes ``<output_dir>/<split>/`` (shards + dataset_info.json). Run once per split before
-training / evaluation. Dataset errors are printed as one line, exit code 2.
+training / evaluation. Dataset errors are printed as one line, exit code 2. SIGINT and SIGTERM
+stop it with nothing written (exit code 130 / 143, 128 + the signal as shells report it).
 """
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 
 from src.runtime import set_cpu_env_defaults
@@ -27,14 +29,37 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signum`` is which."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt(signum, frame):
+    """Signal handler: raise ``Interrupted`` in the main thread, so that the writer removes its
+    temporary folder as on any error (the default SIGTERM action kills the process before it
+    can). Later signals are ignored, so that a second Ctrl+C cannot cut that clean-up short."""
+    for held in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(held, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_cpu_env_defaults()
-    # After the CPU defaults: these import MindSpore.
+    # A broken image is our one error line; OpenCV would print its own warning first (it reads
+    # this variable when it loads).
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     from src.data.coco import DatasetError, load_coco
-    from src.data.mindrecord import check_output_available, write_mindrecord
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     try:
+        # After the CPU defaults and inside the handlers' reach: this imports MindSpore (~1 s).
+        from src.data.mindrecord import check_output_available, write_mindrecord
+
         check_output_available(args.output_dir, args.split, args.overwrite)
         print(f"reading {args.ann_file} ...", flush=True)
         dataset = load_coco(args.ann_file, args.image_dir, keep_empty=args.keep_empty)
@@ -46,9 +71,10 @@ def main(argv=None):
     except DatasetError as error:
         print(f"create_mindrecord.py: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("create_mindrecord.py: interrupted; no output written", file=sys.stderr)
-        return 130
+    except Interrupted as interruption:
+        print(f"create_mindrecord.py: interrupted by {interruption}; no output written",
+              file=sys.stderr)
+        return 128 + interruption.signum
     print(f"wrote {len(dataset.images)} images to {folder}", flush=True)
     return 0
 

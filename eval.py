@@ -56,14 +56,18 @@ def parse_args(argv=None):
 
 def run(args):
     from src.config.load import load_config
-    from src.evaluation.evaluate import (evaluated_image_ids, images_from_folder,
-                                         images_from_mindrecord, load_ground_truth,
-                                         run_benchmark, run_coco_evaluation)
+    from src.evaluation.evaluate import (prepare_coco_evaluation, run_benchmark,
+                                         run_coco_evaluation)
     from src.inference import Detector, ExportedDetector
     from src.inference.annotate import (annotate_folder, annotate_image, annotate_video,
                                         split_pair)
 
     config = load_config(args.config, args.opts, OPTIONS.given(args))
+    # Before the model is built: a wrong annotation file, image or output place is reported
+    # in seconds, not after every image was detected.
+    evaluation = prepare_coco_evaluation(
+        args.ann_file, config.data.class_names, args.image_dir, args.mindrecord_dir, args.split,
+        args.max_images, args.output_json) if args.ann_file else None
     if args.mindir:
         detector = ExportedDetector(args.mindir, config, args.device_target)
     else:
@@ -80,18 +84,10 @@ def run(args):
     if args.video:
         source, target = split_pair(args.video, "--video")
         print(f"wrote {annotate_video(detector, source, target, names, **drawing)} frames to {target}")
-    if args.ann_file:
-        coco_gt, category_ids = load_ground_truth(args.ann_file, config.num_fg_classes)
-        image_ids = evaluated_image_ids(coco_gt, args.max_images)
-        if args.mindrecord_dir:
-            images = images_from_mindrecord(args.mindrecord_dir, args.split, image_ids)
-        else:
-            images = images_from_folder(coco_gt, args.image_dir, image_ids)
-        if args.benchmark:
-            run_benchmark(detector, images, len(image_ids))
-        else:
-            run_coco_evaluation(detector, coco_gt, category_ids, images, len(image_ids),
-                                args.output_json)
+    if evaluation is not None and args.benchmark:
+        run_benchmark(detector, evaluation)
+    elif evaluation is not None:
+        run_coco_evaluation(detector, evaluation)
 
 
 def main(argv=None):

@@ -8,12 +8,13 @@ import signal
 import sys
 
 from src.config.options import ConfigOptions
-from src.runtime import add_device_argument, set_cpu_env_defaults
+from src.runtime import CompileDumps, add_device_argument, set_cpu_env_defaults
 
 OPTIONS = ConfigOptions(
     flags={"mindrecord_dir": "run.mindrecord_dir", "output_dir": "run.output_dir",
            "batch_size": "train.batch_size", "stop_iter": "run.stop_iter",
-           "resume": "run.resume", "backbone_ckpt": "run.backbone_ckpt",
+           "resume": "run.resume", "overwrite": "run.overwrite",
+           "backbone_ckpt": "run.backbone_ckpt",
            "save_every": "run.save_every", "keep_last": "run.keep_last",
            "log_every": "run.log_every", "seed": "run.seed",
            "num_workers": "data.num_parallel_workers", "loss_scale": "run.loss_scale",
@@ -46,20 +47,23 @@ def main(argv=None):
     from src.data.coco import DatasetError
     from src.kernels.build import KernelBuildError
     from src.runtime import init_context
+    from src.train.output_folder import OutputFolderError
     from src.train.setup import TrainingError
     from src.train.trainer import train
     from src.utils.logger import setup_logger
 
+    compile_dumps = CompileDumps()
     try:
         config = load_config(args.config, args.opts, OPTIONS.given(args))
         context = init_context(args.device_target, args.distribute)
         setup_logger(context.rank)
         last = train(config, context)
     except (ConfigError, DatasetError, CheckpointError, TrainingError, KernelBuildError,
-            ValueError) as error:
+            OutputFolderError, ValueError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        compile_dumps.remove_new()
         return 130
     print(f"done; last checkpoint: {last}")
     return 0

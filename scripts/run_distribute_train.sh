@@ -116,10 +116,44 @@ if [ "$DEVICE_TARGET" = Ascend ]; then
         fi
     done
 else
-    "$MSRUN" --worker_num="$NUM_DEVICES" --local_worker_num="$NUM_DEVICES" \
+    # msrun answers Ctrl+C by SIGKILLing its workers (and exits 0), and kills every worker as
+    # soon as one exits non-zero. So msrun runs in a session of its own, out of the
+    # terminal's reach, and a stop goes as SIGTERM to rank 0 alone: it finishes its step with
+    # the others, saves a checkpoint and exits, then msrun ends the rest (they hold the same
+    # weights and write nothing).
+    setsid "$MSRUN" --worker_num="$NUM_DEVICES" --local_worker_num="$NUM_DEVICES" \
         --master_port="${MASTER_PORT:-8118}" --join=True --log_dir="$LOG_DIR" \
-        "$REPO/train.py" "${TRAIN_ARGS[@]}"
+        "$REPO/train.py" "${TRAIN_ARGS[@]}" &
+    MSRUN_PID=$!
+    STOPPED_BY=
+    stop_rank0() {
+        STOPPED_BY=$1
+        echo "$0: stopping rank 0, which saves a checkpoint ..." >&2
+        local worker
+        for worker in $(pgrep -P "$MSRUN_PID"); do
+            # msrun's scheduler process has RANK_ID=0 too; rank 0 is the worker.
+            if [ "$(tr '\0' '\n' < "/proc/$worker/environ" 2> /dev/null \
+                    | grep -cxE 'RANK_ID=0|MS_ROLE=MS_WORKER')" -eq 2 ]; then
+                kill -TERM "$worker" 2> /dev/null
+                return
+            fi
+        done
+        # No rank 0 yet (msrun is starting): nothing to save, stop msrun itself.
+        kill -TERM "$MSRUN_PID" 2> /dev/null
+    }
+    trap 'stop_rank0 130' INT
+    trap 'stop_rank0 143' TERM
+    # Poll instead of 'wait': bash defers a SIGINT trap until the waited-for child exits.
+    while kill -0 "$MSRUN_PID" 2> /dev/null; do
+        sleep 1
+    done
+    wait "$MSRUN_PID"
     STATUS=$?
-    [ $STATUS -eq 0 ] || echo "$0: training failed (exit $STATUS); see $LOG_DIR/worker_<rank>.log" >&2
+    if [ -n "$STOPPED_BY" ]; then
+        echo "$0: stopped; resume with --resume auto (logs: $LOG_DIR/worker_<rank>.log)" >&2
+        STATUS=$STOPPED_BY
+    elif [ $STATUS -ne 0 ]; then
+        echo "$0: training failed (exit $STATUS); see $LOG_DIR/worker_<rank>.log" >&2
+    fi
 fi
 exit $STATUS

@@ -15,6 +15,8 @@ import mindspore as ms
 
 ITERATION_KEY = "iteration"
 GLOBAL_STEP_KEY = "global_step"
+# Temporary files of a save start with this; so do MindSpore's own (``<temp>.tmp``).
+TEMP_PREFIX = ".tmp_"
 
 
 class CheckpointError(ValueError):
@@ -26,14 +28,17 @@ def save_checkpoint_atomic(save_obj, path, append_dict=None):
     """Write ``save_obj`` (a Cell or a list of {"name", "data"}) to ``path`` atomically."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".ckpt", dir=directory)
+    handle, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".ckpt", dir=directory)
     os.close(handle)
+    # MindSpore writes <name>.tmp and renames it to <name>.ckpt: a failed write leaves it.
+    temporaries = (temp_path, os.path.splitext(temp_path)[0] + ".tmp")
     try:
         ms.save_checkpoint(save_obj, temp_path, append_dict=append_dict)
         os.replace(temp_path, path)
     finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def read_checkpoint(path):

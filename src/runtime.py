@@ -1,6 +1,7 @@
 """Where a process runs: CPU environment defaults, device, graph mode and the distributed
 group. Used by every entry script and by the inference API; MindSpore is imported inside the
 functions, so that ``set_cpu_env_defaults`` can run before it loads."""
+import glob
 import os
 from dataclasses import dataclass
 
@@ -22,6 +23,25 @@ def add_device_argument(parser):
     """The ``--device_target`` flag every entry script takes."""
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS,
                         help="device; on GPU/Ascend DEVICE_ID picks the card")
+
+
+class CompileDumps:
+    """MindSpore writes ``rank_<r>/om/analyze_fail.ir`` into the working directory when a
+    graph compile ends early, Ctrl+C included. Made before the run, ``remove_new`` removes
+    the dumps that appeared since (and the folders they made), so an interrupt leaves
+    nothing behind; dumps that were there before are kept."""
+
+    PATTERN = os.path.join("rank_*", "om", "analyze_fail.ir")
+
+    def __init__(self):
+        self.before = set(glob.glob(self.PATTERN))
+
+    def remove_new(self):
+        for path in set(glob.glob(self.PATTERN)) - self.before:
+            os.remove(path)
+            for folder in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+                if not os.listdir(folder):
+                    os.rmdir(folder)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import pytest
 
 from src.data.dataset import create_train_dataset
 from src.model.build import build_model, prior_boxes
-from tests.conftest import tiny_config
-from tests.test_train import NUM_CLASSES, read_state, scalar, write_synthetic_mindrecord
+from tests.test_train import (read_state, scalar, shapes_config,
+                              write_synthetic_mindrecord)
 
 # Slow: two msrun workers train a tiny model.
 pytestmark = pytest.mark.slow
@@ -37,11 +37,11 @@ set_cpu_env_defaults()
 from src.runtime import init_context
 from src.train.trainer import train
 from src.utils.logger import setup_logger
-from tests.conftest import tiny_config
+from tests.test_train import shapes_config
 
 context = init_context("CPU", distributed=True)
 setup_logger(context.rank)
-config = tiny_config(num_classes={num_classes}, **{{
+config = shapes_config(**{{
     "run.mindrecord_dir": {mindrecord!r}, "run.output_dir": {output!r}, "train.batch_size": 2,
     "run.stop_iter": {steps}, "run.save_every": 1, "run.keep_last": 0, "run.log_every": 1,
     "data.num_parallel_workers": 1, "run.save_all_ranks": True}})
@@ -76,7 +76,7 @@ def msrun_run(six_images, tmp_path_factory):
     output_dir, log_dir = str(root / "output"), str(root / "log")
     driver = root / "driver.py"
     driver.write_text(DRIVER.format(repo=REPO, mindrecord=six_images, output=output_dir,
-                                    steps=STEPS, num_classes=NUM_CLASSES))
+                                    steps=STEPS))
     # msrun starts the workers as plain "python": the venv's must come first.
     env = dict(os.environ, PATH=os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))
     result = subprocess.run(
@@ -86,11 +86,11 @@ def msrun_run(six_images, tmp_path_factory):
     logs = "\n".join(f"--- worker_{rank}.log\n" + tail(os.path.join(log_dir, f"worker_{rank}.log"))
                      for rank in (0, 1))
     assert result.returncode == 0, result.stderr[-2000:] + logs
-    return output_dir, tiny_config(num_classes=NUM_CLASSES).name
+    return output_dir, shapes_config().name
 
 
 def test_ranks_read_different_images(six_images):
-    config = tiny_config(num_classes=NUM_CLASSES, **{"data.num_parallel_workers": 1})
+    config = shapes_config(**{"data.num_parallel_workers": 1})
     first_batches = [
         next(create_train_dataset(config, six_images, 1, prior_boxes(config), rank=rank,
                                   group_size=2).create_tuple_iterator(
@@ -117,7 +117,7 @@ def test_weights_move_away_from_the_start(msrun_run):
     in warmup); a wrong start (another draw) would be off by ~0.1."""
     output_dir, name = msrun_run
     ms.set_seed(0)
-    start_model = build_model(tiny_config(num_classes=NUM_CLASSES), freeze_bn=True)
+    start_model = build_model(shapes_config(), freeze_bn=True)
     trainable = {param.name for param in start_model.trainable_params()}
     start = {key: param.asnumpy() for key, param in start_model.parameters_and_names()}
     after_one = read_state(os.path.join(output_dir, f"{name}_1.ckpt"))

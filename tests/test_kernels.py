@@ -18,6 +18,7 @@ from src.kernels import selection
 from src.kernels.selection import resolve_kernels
 from src.kernels.winograd import WinogradConv2d
 from src.model.build import build_model
+from tests.test_train import six_images  # noqa: F401  (fixture)
 
 # (N, C_in, C_out, H, W): odd and even sides, a 1x1 image, batch 2.
 SHAPES = [(2, 3, 5, 7, 8), (1, 4, 6, 6, 5), (1, 5, 3, 1, 1)]
@@ -172,12 +173,14 @@ def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("script, args", [
-    ("train.py", ["--mindrecord_dir", "unused"]),
+    ("train.py", ["--mindrecord_dir", "{mindrecord}"]),
     ("eval.py", ["--ckpt", "unused.ckpt", "--image", "in.png:out.png"]),
 ])
-def test_entry_scripts_report_kernels_that_cannot_build_in_one_line(script, args, tmp_path):
+def test_entry_scripts_report_kernels_that_cannot_build_in_one_line(script, args, six_images,
+                                                                    tmp_path):
     """model.kernels=cpu without a compiler: exit 2, one error line, no traceback."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [arg.format(mindrecord=six_images) for arg in args]
     env = dict(os.environ, CXX="no-such-compiler-xyz", YOLACT_KERNEL_CACHE=str(tmp_path / "k"))
     result = subprocess.run(
         [sys.executable, os.path.join(repo, script), "--config", "yolact_plus_demo", *args,

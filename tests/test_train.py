@@ -42,6 +42,11 @@ OVERFIT_LR = 2e-3
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def shapes_config(**changes):
+    """The tiny config (``tests.conftest.tiny_config``) of the synthetic shapes' classes."""
+    return tiny_config(num_classes=NUM_CLASSES, **{"data.class_names": SHAPE_CLASSES, **changes})
+
+
 def write_synthetic_mindrecord(root, num_images, seed):
     """``num_images`` synthetic training images (~96 px) as a MindRecord dir with a train split."""
     paths = generate_dataset(os.path.join(root, "images"), num_train=num_images, num_val=0,
@@ -92,7 +97,7 @@ def two_images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):
     return write_config_yaml(tmp_path_factory.mktemp("config") / "tiny.yaml",
-                             tiny_config(num_classes=NUM_CLASSES))
+                             shapes_config())
 
 
 class FixedBatchTraining:
@@ -149,7 +154,7 @@ class FixedBatchTraining:
 
 def fixed_batch_config(**changes):
     # Weight decay 0: after the first step from zero moments, each moment is its gradient.
-    return tiny_config(num_classes=NUM_CLASSES, **{
+    return shapes_config(**{
         "train.lr": OVERFIT_LR, "train.warmup_iters": 0, "train.max_iter": OVERFIT_STEPS + 10,
         "train.weight_decay": 0.0}, **changes)
 
@@ -240,7 +245,7 @@ def test_resume_replays_the_uninterrupted_run(ema_decay, six_images, tmp_path, c
     the second epoch (6 images, batch 2). With a weight average the checkpoint's model
     weights are the average and the trained weights go under live.<name>."""
     caplog.set_level("INFO", logger="yolact")
-    config = tiny_config(num_classes=NUM_CLASSES, **{
+    config = shapes_config(**{
         "train.freeze_bn": "no", "train.ema_decay": ema_decay, "train.batch_size": 2,
         "run.mindrecord_dir": six_images, "run.save_every": 2, "run.keep_last": 0,
         "run.log_every": 1, "data.num_parallel_workers": 1})
@@ -322,6 +327,24 @@ def test_train_py_bad_input_exits_2_with_one_error_line(case, six_images, tiny_y
     assert not os.path.exists(tmp_path / "out")
 
 
+def signal_when_printed(process, marker, send, timeout=300):
+    """Read ``process``'s output until a line holds ``marker``, call ``send`` (which signals
+    it), and return all it printed once it has exited; killed after ``timeout`` s."""
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if marker in line:
+                send()
+                break
+        output.append(process.communicate()[0])
+    finally:
+        watchdog.cancel()
+    return "".join(output)
+
+
 def run_launcher(args, env_changes=None, timeout=300):
     env = dict(os.environ, PYTHON=sys.executable, **(env_changes or {}))
     return subprocess.run(["bash", os.path.join(REPO, "scripts", "run_standalone_train.sh")] + args,
@@ -355,7 +378,7 @@ def test_launcher_trains_and_the_guard_stops_a_diverged_run(six_images, tiny_yam
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-2000:]
     assert f"log: {log_path}" in result.stderr
     log = log_path.read_text()
-    name = tiny_config(num_classes=NUM_CLASSES).name
+    name = shapes_config().name
     kept = os.path.join(str(output_dir), f"{name}_1.ckpt")
     assert ("train.py: error: the loss or its gradients were not finite for 21 steps in a row "
             f"(iteration 22); stopped. The last good checkpoint is {kept}") in log
@@ -380,25 +403,14 @@ def test_ctrl_c_saves_a_checkpoint_that_matches_its_iteration(six_images, tiny_y
          "1", "--output_dir", str(output_dir)],
         cwd=REPO, env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    watchdog = threading.Timer(300, os.killpg, (process.pid, signal.SIGKILL))
-    watchdog.start()
-    try:
-        output = []
-        for line in process.stdout:
-            output.append(line)
-            if "iter 2/1000" in line:
-                os.killpg(process.pid, signal.SIGINT)
-                break
-        output.append(process.communicate()[0])
-    finally:
-        watchdog.cancel()
-    output = "".join(output)
+    output = signal_when_printed(process, "iter 2/1000",
+                                 lambda: os.killpg(process.pid, signal.SIGINT))
     assert process.returncode == 130, output[-3000:]
     match = re.search(r"interrupted at iteration (\d+); resume with --resume auto", output)
     assert match, output[-3000:]
     iteration = int(match.group(1))
     assert iteration >= 2
-    name = tiny_config(num_classes=NUM_CLASSES).name
+    name = shapes_config().name
     [path] = list_checkpoints(str(output_dir), name)
     assert path.endswith(f"{name}_{iteration}.ckpt")
     state = read_state(path)

@@ -69,9 +69,11 @@ class ConfigOptions:
         group = parser.add_argument_group("config keys as flags (each writes the key named)")
         for flag, key in self.flags.items():
             item = _field(key)
+            # A boolean flag alone means true ("--overwrite"), or takes true/false.
+            boolean = {"nargs": "?", "const": True} if isinstance(item.default, bool) else {}
             group.add_argument(f"--{flag}", dest=f"config_flag_{flag}", default=None,
                                type=_flag_type(item.default), metavar=_metavar(item),
-                               help=f"{key}: {describe(item)}")
+                               help=f"{key}: {describe(item)}", **boolean)
         parser.epilog = "other config keys (--opts KEY=VALUE):\n" + "\n".join(
             f"  {key}: {text}" for key, text in self.other_keys())
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -110,6 +112,8 @@ def _parse_bool(text):
 
 
 def _metavar(item):
+    if isinstance(item.default, bool):
+        return "true|false"
     if item.metadata.get("choices"):
         return "{" + ",".join(item.metadata["choices"]) + "}"
     return type(item.default).__name__.upper()

@@ -183,6 +183,9 @@ class RunConfig:
     output_dir: str = setting("", "checkpoints and train.log; empty: output/<config name>")
     resume: str = setting("", "training checkpoint to continue from, or auto: the newest in "
                               "output_dir")
+    overwrite: bool = setting(False, "start a new run in an output_dir that holds checkpoints "
+                                     "of this config; they are moved to "
+                                     "output_dir/previous-<time> first, nothing is deleted")
     backbone_ckpt: str = setting("", "ImageNet backbone from tools/convert_weights.py --backbone")
     stop_iter: int = setting(0, "stop at this iteration (0: the schedule's end); the schedule "
                                 "is unchanged, --resume continues it", minimum=0)

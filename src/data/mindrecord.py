@@ -1,8 +1,10 @@
 """MindRecord layout of a converted COCO-format split: the row schema shared by writer and reader.
 
-On disk, ``<output_dir>/<split>/`` holds the shards ``<split>.mindrecord0..N-1`` (just
-``<split>.mindrecord`` when N = 1) with their ``.db`` index files, and ``dataset_info.json``
-(class names, the label -> category id map, counts), which eval uses to map labels back.
+On disk, ``<output_dir>/<split>/`` holds N shards named as MindSpore's ``FileWriter`` names
+them (``shard_file_names``), each with its ``.db`` index file, and ``dataset_info.json`` (class
+names, the label -> category id map, counts, the byte size of every file). Eval uses it to map
+labels back; every reader goes through ``read_dataset_info``, which checks that the files are
+all there and whole before MindSpore opens them.
 
 One row per image. Masks are stored as compressed COCO RLE strings (pycocotools ``counts``),
 concatenated in ``mask_rles`` and split by ``mask_rle_lengths``: it decodes to exactly
@@ -11,25 +13,31 @@ small and medium objects that dominate COCO (random polygons of 8-64 px: 24-357 
 against 236-652 bytes of polygon JSON; about equal at 128 px). MindRecord reads an empty array
 back as a garbage scalar, so per-object arrays hold max(G, 1) rows and ``num_objects`` gives G.
 
-Images: the file's bytes, decoded by ``decode_image``. Without an EXIF orientation tag the
-annotations' width/height must equal the file's. With one, annotation tools disagree (older
+Images: the file's bytes, decoded by ``decode_image``. The writer decodes every file in full
+(in threads, ahead of the writing), so an empty, truncated or undecodable image stops the
+conversion, not a training run. Without an EXIF orientation tag the annotations' width/height
+must equal the file's. With one, annotation tools disagree (older
 tools and browsers show the stored pixels, newer ones the rotated view), so the writer picks the
 reading whose size matches the annotation file: rotated (OpenCV's default, as the authors'
 ``cv2.imread``) if it matches, else the stored pixels, flagged ``ignore_exif_orientation``.
 """
 import io
+import itertools
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Tuple
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from mindspore.mindrecord import FileWriter
 from pycocotools import mask as mask_utils
 
@@ -40,7 +48,11 @@ SCHEMA_VERSION = 1
 INFO_FILE = "dataset_info.json"
 MAX_SHARDS = 1000            # MindRecord's limit
 ROWS_PER_WRITE = 64
-EXIF_ORIENTATION_TAG = 0x0112
+# Images decoded ahead of the writer: enough to keep the threads busy while it writes a batch of
+# rows, few enough to bound the memory they hold.
+IMAGES_AHEAD = 2 * ROWS_PER_WRITE
+IMAGE_FORMATS = "JPEG, PNG, BMP, TIFF or WebP"
+CONVERT_AGAIN = "convert the split again with create_mindrecord.py --overwrite"
 
 
 def mindrecord_schema():
@@ -146,21 +158,64 @@ def split_dir(output_dir, split):
     return os.path.join(output_dir, split)
 
 
+def shard_file_names(stem, num_shards):
+    """The names ``FileWriter(stem, shard_num=num_shards)`` gives its shards: ``stem`` alone for
+    one shard, else ``stem`` and the shard index zero-padded to the digits of ``num_shards - 1``
+    (``0..9`` for 10 shards, ``00..10`` for 11)."""
+    if num_shards == 1:
+        return [stem]
+    digits = len(str(num_shards - 1))
+    return [f"{stem}{index:0{digits}d}" for index in range(num_shards)]
+
+
+def _split_files(shard_files):
+    """The files a split's shards are made of: each shard, then its ``.db`` index."""
+    return [name for shard in shard_files for name in (shard, shard + ".db")]
+
+
 def read_dataset_info(output_dir, split):
-    """The ``dataset_info.json`` dict of a converted split (see ``write_mindrecord``)."""
-    path = os.path.join(split_dir(output_dir, split), INFO_FILE)
+    """The ``dataset_info.json`` dict of a converted split (see ``write_mindrecord``), once every
+    shard it lists and each shard's ``.db`` index are found with the byte size recorded when
+    they were written. A split written before sizes were recorded is checked for presence only.
+
+    Raises:
+        DatasetError: naming the info file, or the first file that is missing or truncated.
+    """
+    folder = split_dir(output_dir, split)
+    path = os.path.join(folder, INFO_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            info = json.load(handle)
     except OSError as error:
         raise DatasetError(f"{path}: cannot read dataset info ({error.strerror}); "
                            f"run create_mindrecord.py for split '{split}'") from None
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: malformed JSON at line {error.lineno} column {error.colno}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("shard_files"), list):
+        raise DatasetError(f"{path}: no 'shard_files' list; expected the dataset info "
+                           f"create_mindrecord.py writes")
+    _check_files(folder, _split_files(info["shard_files"]), info.get("file_sizes", {}))
+    return info
+
+
+def _check_files(folder, names, sizes):
+    """DatasetError naming the first of ``names`` (in ``folder``) that is missing or whose byte
+    size differs from ``sizes[name]`` (names without a recorded size pass when present)."""
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            size = os.path.getsize(path)
+        except OSError as error:
+            raise DatasetError(f"{path}: MindRecord file missing or unreadable ({error.strerror}); "
+                               f"{CONVERT_AGAIN}") from None
+        if sizes.get(name, size) != size:
+            raise DatasetError(f"{path}: {size} bytes, but {sizes[name]} were written (truncated "
+                               f"or changed since); {CONVERT_AGAIN}")
 
 
 def shard_paths(output_dir, split):
-    """Paths of all shards of a converted split, for ``mindspore.dataset.MindDataset``."""
+    """Paths of all shards of a converted split, for ``mindspore.dataset.MindDataset``; checked
+    as ``read_dataset_info`` checks them."""
     info = read_dataset_info(output_dir, split)
     return [os.path.join(split_dir(output_dir, split), name) for name in info["shard_files"]]
 
@@ -177,9 +232,10 @@ def write_mindrecord(records, output_dir, split, num_shards=8, overwrite=False, 
                      source=None, log=None, log_every=1000, log_seconds=30.0):
     """Write ``coco.ImageRecord``s as ``num_shards`` MindRecord shards in ``<output_dir>/<split>/``.
 
-    Everything is written to a hidden temporary folder in ``output_dir`` that is renamed into
-    place only after the last shard and the info file are complete; on any error or
-    KeyboardInterrupt the folder is removed, so no partial output is ever left. Progress is
+    Every image is decoded in full as it is written (``read_checked_image``): a bad one stops
+    the conversion. Everything is written to a hidden temporary folder in ``output_dir`` that is renamed into place only after the last
+    shard and the info file are complete; on any error or KeyboardInterrupt the folder is
+    removed, so no partial output is ever left. Folders get the umask's permissions. Progress is
     logged every ``log_every`` images or ``log_seconds`` seconds. ``source`` (a JSON-able dict)
     is saved in the info file. Returns the split folder.
     """
@@ -193,7 +249,7 @@ def write_mindrecord(records, output_dir, split, num_shards=8, overwrite=False, 
     check_output_available(output_dir, split, overwrite)
     try:
         os.makedirs(output_dir, exist_ok=True)
-        temp = tempfile.mkdtemp(prefix=f".{split}.partial-", dir=output_dir)
+        temp = _new_folder(output_dir, f".{split}.partial-")
     except OSError as error:
         raise DatasetError(f"{output_dir}: output directory cannot be created or written "
                            f"({error.strerror})") from None
@@ -202,6 +258,8 @@ def write_mindrecord(records, output_dir, split, num_shards=8, overwrite=False, 
             len(records), split, log, log_every, log_seconds))
         info = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "split": split,
                 "num_images": len(records), "shard_files": shard_files,
+                "file_sizes": {name: os.path.getsize(os.path.join(temp, name))
+                               for name in _split_files(shard_files)},
                 "mask_encoding": "compressed COCO RLE (pycocotools counts), concatenated",
                 **categories.to_dict(), "source": source or {}}
         with open(os.path.join(temp, INFO_FILE), "w", encoding="utf-8") as handle:
@@ -213,78 +271,127 @@ def write_mindrecord(records, output_dir, split, num_shards=8, overwrite=False, 
     return split_dir(output_dir, split)
 
 
+def _new_folder(parent, prefix):
+    """A new empty folder ``<parent>/<prefix><random hex>`` with the umask's permissions
+    (``tempfile.mkdtemp`` makes 0700, which a split folder renamed from it would keep)."""
+    path = os.path.join(parent, prefix + secrets.token_hex(8))
+    os.mkdir(path)
+    return path
+
+
 def _write_shards(records, folder, split, num_shards, progress):
-    first = os.path.join(folder, f"{split}.mindrecord")
-    writer = FileWriter(first, shard_num=num_shards)
+    """The rows of ``records`` as ``num_shards`` shards in ``folder``; returns their file names."""
+    stem = f"{split}.mindrecord"
+    writer = FileWriter(os.path.join(folder, stem), shard_num=num_shards)
     writer.add_schema(mindrecord_schema(), SCHEMA_NAME)
     rows = []
-    for done, record in enumerate(records, start=1):
-        rows.append(record_to_row(record, *_read_image(record)))
-        if len(rows) == ROWS_PER_WRITE:
-            writer.write_raw_data(rows)
-            rows = []
-        progress.step(done)
+    with closing(_map_ahead(read_checked_image, records, IMAGES_AHEAD)) as checked:
+        for done, (record, (image_bytes, ignore_orientation)) in enumerate(checked, start=1):
+            rows.append(record_to_row(record, image_bytes, ignore_orientation))
+            if len(rows) == ROWS_PER_WRITE:
+                writer.write_raw_data(rows)
+                rows = []
+            progress.step(done)
     if rows:
         writer.write_raw_data(rows)
     writer.commit()
-    return [os.path.basename(first)] if num_shards == 1 else [
-        f"{split}.mindrecord{index}" for index in range(num_shards)]
+    return shard_file_names(stem, num_shards)
 
 
-def _read_image(record):
-    """(file bytes, ignore_exif_orientation) of an image whose size matches its record's."""
+def _map_ahead(function, items, ahead):
+    """Yield ``(item, function(item))`` in the order of ``items``, computed by a thread pool up to
+    ``ahead`` items before they are consumed (OpenCV and file reads release the GIL). A call's
+    exception is raised at its item; closing the generator cancels the calls not started."""
+    pool = ThreadPoolExecutor()
+    remaining = iter(items)
+    try:
+        pending = deque((item, pool.submit(function, item))
+                        for item in itertools.islice(remaining, ahead))
+        while pending:
+            for item in itertools.islice(remaining, 1):
+                pending.append((item, pool.submit(function, item)))
+            item, future = pending.popleft()
+            yield item, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def read_checked_image(record):
+    """(file bytes, ignore_exif_orientation) of a record's image, decoded in full by
+    ``decode_image`` to the record's width and height: rotated by its EXIF orientation
+    (OpenCV's default) if that has the size, else as stored (the same without an EXIF tag).
+
+    Raises:
+        DatasetError: naming the file when it cannot be read, is empty, does not decode
+            (truncated, corrupt, not an image) or has another size.
+    """
     try:
         with open(record.path, "rb") as handle:
             data = handle.read()
     except OSError as error:
         raise DatasetError(f"{record.path}: cannot read image file ({error.strerror})") from None
+    if not data:
+        raise DatasetError(f"{record.path}: image file is empty (0 bytes); expected a "
+                           f"{IMAGE_FORMATS} file")
     expected = (record.width, record.height)
-    readings = _candidate_sizes(data, record.path)
-    for ignore_orientation, size in readings:
+    sizes = []
+    for ignore_orientation in (False, True):
+        try:
+            image = decode_image(data, ignore_orientation)
+        except cv2.error as error:        # e.g. more pixels than OpenCV's limit
+            raise DatasetError(f"{record.path}: OpenCV refuses to decode the image "
+                               f"({error.err})") from None
+        if image is None:
+            raise DatasetError(f"{record.path}: {_undecodable_reason(data)}")
+        size = (image.shape[1], image.shape[0])
         if size == expected:
             return data, ignore_orientation
-    found = " or ".join(f"width {w}, height {h}" for w, h in dict.fromkeys(size for _, size in readings))
+        sizes.append(size)
+    found = " or ".join(f"width {w}, height {h}" for w, h in dict.fromkeys(sizes))
     raise DatasetError(f"{record.path}: image is {found} as OpenCV loads it, but the annotation "
                        f"file gives 'width' {record.width}, 'height' {record.height}")
 
 
-def _candidate_sizes(data, path):
-    """[(ignore_exif_orientation, (width, height))] of the ways ``decode_image`` can read the file.
-
-    Without an EXIF orientation tag the file header (read by Pillow, no decoding) gives the
-    one size; with one, the file is decoded both ways by OpenCV.
-    """
+def _undecodable_reason(data):
+    """Why OpenCV does not decode the (non-empty) file bytes ``data``, from Pillow's reading."""
+    kind = "image"
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.getexif().get(EXIF_ORIENTATION_TAG, 1) == 1:
-                return [(False, image.size)]
-    except (OSError, SyntaxError, ValueError):
-        pass
-    sizes = []
-    for ignore_orientation in (False, True):
-        decoded = decode_image(data, ignore_orientation)
-        if decoded is None:
-            raise DatasetError(f"{path}: not a decodable image file")
-        sizes.append((ignore_orientation, (decoded.shape[1], decoded.shape[0])))
-    return sizes
+            kind = f"{image.format} image"
+            image.load()
+    except UnidentifiedImageError:
+        return f"not a decodable image file; expected a {IMAGE_FORMATS} file"
+    except Exception:       # Pillow's decoders raise OSError, SyntaxError, ValueError... on bad data
+        return f"{kind} file is truncated or corrupt: its data does not decode; expected a complete file"
+    return f"{kind} that OpenCV cannot decode; expected a {IMAGE_FORMATS} file"
 
 
 def _move_into_place(temp, output_dir, split, overwrite):
+    """Rename ``temp`` to the split folder, swapping out an existing split (``overwrite``).
+
+    The rename is the commit point: an interruption before it puts the old split back; after
+    it, the output is complete, so the old split's removal is finished and the interruption
+    dropped (nothing else is left to stop).
+    """
     check_output_available(output_dir, split, overwrite)
     target = split_dir(output_dir, split)
     if not os.path.lexists(target):
         os.rename(temp, target)
         return
-    replaced = tempfile.mkdtemp(prefix=f".{split}.replaced-", dir=output_dir)
+    replaced = _new_folder(output_dir, f".{split}.replaced-")
     old = os.path.join(replaced, "old")
-    os.rename(target, old)
     try:
+        os.rename(target, old)
         os.rename(temp, target)
     except BaseException:
-        os.rename(old, target)
-        os.rmdir(replaced)
+        if not os.path.lexists(target):
+            os.rename(old, target)
+        shutil.rmtree(replaced, ignore_errors=True)
         raise
-    shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        shutil.rmtree(replaced, ignore_errors=True)
+    except KeyboardInterrupt:       # the split is complete: only this removal was cut short
+        shutil.rmtree(replaced, ignore_errors=True)
 
 
 class _Progress:

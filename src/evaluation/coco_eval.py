@@ -76,6 +76,11 @@ def detections_to_coco(image_id, result, label_to_category_id):
     return bbox_entries, segm_entries
 
 
+def results_paths(path_prefix):
+    """{"bbox": "<prefix>_bbox.json", "segm": "<prefix>_segm.json"}: where ``write_json`` writes."""
+    return {iou_type: f"{path_prefix}_{iou_type}.json" for iou_type in IOU_TYPES}
+
+
 def _write_json_atomic(data, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -129,14 +134,13 @@ class CocoEvaluator:
         self.results["segm"].extend(segm_entries)
 
     def write_json(self, path_prefix):
-        """Writes ``<prefix>_bbox.json`` and ``<prefix>_segm.json`` (temp file + rename).
+        """Writes ``results_paths(path_prefix)`` (temp file + rename).
 
         Returns: {"bbox": path, "segm": path}.
         """
-        paths = {}
-        for iou_type in IOU_TYPES:
-            paths[iou_type] = f"{path_prefix}_{iou_type}.json"
-            _write_json_atomic(self.results[iou_type], paths[iou_type])
+        paths = results_paths(path_prefix)
+        for iou_type, path in paths.items():
+            _write_json_atomic(self.results[iou_type], path)
         return paths
 
     def evaluate(self, coco_gt):

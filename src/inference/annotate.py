@@ -4,6 +4,7 @@ import os
 
 import cv2
 
+from src.utils.files import cannot_write_reason
 from src.utils.progress import Progress
 from src.utils.visualize import draw_detections
 
@@ -22,13 +23,27 @@ def split_pair(value, flag):
     return source, target
 
 
-def _check_writable_dir(directory, label):
+def check_output_dir(directory, label):
+    """Raise MediaError unless ``directory`` ("": the current one) is a folder a file can be
+    created in, for the output ``label``. A probe file is written and removed: permission
+    bits do not tell (root ignores them; read-only mounts and /sys refuse root too)."""
     directory = directory or "."
     if not os.path.isdir(directory):
         problem = "is not a folder" if os.path.exists(directory) else "does not exist"
         raise MediaError(f"{directory}: output folder for {label} {problem}")
-    if not os.access(directory, os.W_OK):
-        raise MediaError(f"{directory}: output folder for {label} is not writable")
+    reason = cannot_write_reason(directory)
+    if reason:
+        raise MediaError(f"{directory}: output folder for {label} is not writable ({reason})")
+
+
+def make_output_dir(directory, label):
+    """Create ``directory`` and its parents if needed, then ``check_output_dir``."""
+    try:
+        os.makedirs(directory or ".", exist_ok=True)
+    except OSError as error:
+        raise MediaError(f"{directory}: cannot create the output folder "
+                         f"({error.strerror})") from None
+    check_output_dir(directory, label)
 
 
 def _write_image(path, image):
@@ -42,7 +57,7 @@ def _write_image(path, image):
 
 def annotate_image(detector, source, target, class_names, score_threshold=0.0, top_k=None):
     """Detect in one image file and write the drawing to ``target``; returns the result."""
-    _check_writable_dir(os.path.dirname(target), target)
+    check_output_dir(os.path.dirname(target), target)
     image = cv2.imread(source, cv2.IMREAD_COLOR)
     if image is None:
         raise MediaError(f"{source}: image missing or unreadable")
@@ -61,11 +76,7 @@ def annotate_folder(detector, source_dir, target_dir, class_names, score_thresho
                    if name.lower().endswith(IMAGE_SUFFIXES))
     if not names:
         raise MediaError(f"{source_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-    try:
-        os.makedirs(target_dir, exist_ok=True)
-    except OSError as error:
-        raise MediaError(f"{target_dir}: cannot create the output folder ({error.strerror})") from None
-    _check_writable_dir(target_dir, target_dir)
+    make_output_dir(target_dir, target_dir)
     progress = Progress(len(names), label="images")
     for name in names:
         annotate_image(detector, os.path.join(source_dir, name), os.path.join(target_dir, name),
@@ -77,7 +88,7 @@ def annotate_folder(detector, source_dir, target_dir, class_names, score_thresho
 def annotate_video(detector, source, target, class_names, score_threshold=0.0, top_k=None):
     """Detect in every frame of a video and write an annotated video (mp4v codec, the
     source's frame rate and size). Returns the number of frames written."""
-    _check_writable_dir(os.path.dirname(target), target)
+    check_output_dir(os.path.dirname(target), target)
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise MediaError(f"{source}: video missing or unreadable")

@@ -40,6 +40,22 @@ def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
     }
 
 
+def check_bgr_image(image, name="image"):
+    """Raise ValueError unless ``image`` is what the detectors take: a numpy [H, W, 3] uint8
+    BGR array with H, W >= 1 (as ``cv2.imread`` returns).
+
+    Other dtypes are refused rather than converted: the network expects 0-255 pixel values,
+    so a float image in [0, 1], a uint16 or a bool image would give silently wrong scores.
+    """
+    expected = "expected a numpy [H, W, 3] uint8 BGR array with H, W >= 1 (as cv2.imread returns)"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name}: {expected}, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: {expected}, got dtype {image.dtype} (shape {image.shape})")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"{name}: {expected}, got shape {image.shape}")
+
+
 class BatchDetector:
     """The shared host side of the detectors: preprocessing, fixed-size batches, and the
     results in original image pixels. Subclasses set ``config``, ``batch_size`` and
@@ -48,12 +64,14 @@ class BatchDetector:
     config = None
     batch_size = 1
 
-    def preprocess(self, image_bgr):
-        """[H, W, 3] uint8 BGR -> [1, 3, S, S] float32 normalised RGB (the authors' eval path)."""
-        image = np.asarray(image_bgr)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image.shape}")
-        return eval_transform(image, self.config.max_size)[None]
+    def preprocess(self, image_bgr, name="image"):
+        """[H, W, 3] uint8 BGR -> [1, 3, S, S] float32 normalised RGB (the authors' eval path).
+
+        Raises ValueError (``check_bgr_image``, the message starting with ``name``) for
+        anything else.
+        """
+        check_bgr_image(image_bgr, name)
+        return eval_transform(image_bgr, self.config.max_size)[None]
 
     def run_network(self, batch):
         raise NotImplementedError(f"{type(self).__name__} must define run_network")
@@ -62,7 +80,8 @@ class BatchDetector:
         """Detect instances in one image.
 
         Args:
-            image_bgr: [H, W, 3] uint8 BGR (as ``cv2.imread`` returns), any size.
+            image_bgr: [H, W, 3] uint8 BGR numpy array (as ``cv2.imread`` returns), any size;
+                anything else raises ValueError (``check_bgr_image``).
 
         Returns:
             dict sorted by box score: ``boxes [N,4]`` int64 (x1, y1, x2, y2) original pixels,
@@ -77,15 +96,26 @@ class BatchDetector:
         The network always sees ``batch_size`` images (one compiled graph): unused slots
         stay zero and their outputs are not read.
 
+        Args:
+            images_bgr: list or tuple of [H, W, 3] uint8 BGR images, any sizes.
+
         Returns:
             list of ``__call__`` result dicts, one per image, in order.
+
+        Raises:
+            ValueError: naming the first image that is not [H, W, 3] uint8, before the
+                network runs.
         """
+        if not isinstance(images_bgr, (list, tuple)):
+            raise ValueError(f"images: expected a list of 1 to {self.batch_size} [H, W, 3] uint8 "
+                             f"BGR images, got {type(images_bgr).__name__}")
         if not 1 <= len(images_bgr) <= self.batch_size:
-            raise ValueError(f"expected 1 to {self.batch_size} images, got {len(images_bgr)}")
+            raise ValueError(f"images: expected 1 to {self.batch_size} images, "
+                             f"got {len(images_bgr)}")
         size = self.config.max_size
         batch = np.zeros((self.batch_size, 3, size, size), np.float32)
         for index, image in enumerate(images_bgr):
-            batch[index] = self.preprocess(image)[0]
+            batch[index] = self.preprocess(image, f"image {index}")[0]
         outputs = self.run_network(batch)
         threshold = self.config.eval.mask_threshold
         return [detections_to_image(outputs, index, image.shape[0], image.shape[1], threshold)

@@ -3,6 +3,7 @@ the non-finite guard. ``train.py`` only parses arguments; every setting comes fr
 (``train`` for the optimisation, ``run`` for files, saving and logging)."""
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from src.data.dataset import create_train_dataset, epoch_schedule
 from src.data.mindrecord import read_dataset_info
 from src.model.build import prior_boxes
 from src.train.lr_schedule import learning_rate_at
+from src.train.output_folder import prepare_output_folder
 from src.train.setup import TrainingError, build_training
 from src.utils.logger import format_duration
 
@@ -31,27 +33,43 @@ def output_dir(config):
 def train(config, context):
     """Train ``config`` and return the path of the last checkpoint written.
 
+    Any error in the loop (a bad image, a full disk, ...) first saves where training is,
+    as Ctrl+C does, then stops with one line naming the error and the checkpoint.
+
     Raises:
-        TrainingError: ``run.mindrecord_dir`` is not set, the batch does not divide over the
-            devices, or the loss stayed non-finite.
+        TrainingError: ``run.mindrecord_dir`` is not set, the data set does not fit the
+            config, the batch does not divide over the devices, the loss stayed non-finite,
+            or the loop stopped on an error.
+        OutputFolderError: the output folder holds another run or cannot hold a checkpoint.
     """
     run = config.run
     if not run.mindrecord_dir:
         raise TrainingError("run.mindrecord_dir is not set: pass --mindrecord_dir, the "
                             "--output_dir of create_mindrecord.py")
+    info = read_dataset_info(run.mindrecord_dir, "train")
+    check_dataset_classes(config, info, run.mindrecord_dir)
+    check_workers(config)
     setup = build_training(config, context)
     schedule, last_iter, per_device_batch = setup.schedule, setup.last_iter, setup.per_device_batch
-    num_images = read_dataset_info(run.mindrecord_dir, "train")["num_images"]
+    num_images = info["num_images"]
     _, samples_per_epoch = epoch_schedule(num_images, per_device_batch, run.seed,
                                           context.rank, context.group_size)
     segment = max(1, min(PIPELINE_ITERATIONS,
                          PIPELINE_EPOCHS * samples_per_epoch // per_device_batch))
     folder = output_dir(config)
-
+    writer = _CheckpointWriter(run, folder, config.name, setup, context.rank)
     start_iter = 0
     resume_path = _resume_path(run.resume, folder, config.name)
     if resume_path:
         start_iter = resume_training(resume_path, setup.state())
+        writer.last_path, writer.last_iteration = resume_path, start_iter
+    if writer.writes:
+        checkpoint_bytes = sum(param.nbytes for _, param in setup.state())
+        moved_to = prepare_output_folder(writer.folder, config.name, run.resume, run.overwrite,
+                                         checkpoint_bytes)
+        if moved_to:
+            logger.info("the earlier run's checkpoints were moved to %s", moved_to)
+    if resume_path:
         logger.info("resumed from %s at iteration %d", resume_path, start_iter)
     decay = (f"steps {list(schedule.lr_steps)}" if schedule.lr_decay == "step"
              else f"{schedule.lr_decay} decay")
@@ -61,7 +79,6 @@ def train(config, context):
                 "frozen" if setup.freeze_bn else "trained", schedule.max_iter, stop,
                 schedule.lr, decay)
 
-    writer = _CheckpointWriter(run, folder, config.name, setup, context.rank)
     priors = prior_boxes(config)
     iteration = start_iter
     nonfinite = 0
@@ -91,18 +108,71 @@ def train(config, context):
                     writer.save(iteration)
                 if iteration >= last_iter:
                     break
-    except KeyboardInterrupt:
+    except TrainingError:
+        raise
+    except (KeyboardInterrupt, Exception) as error:
         if setup.global_step() > steps_run:
-            # Ctrl+C landed after the step's graph had run (and updated the weights) but
+            # The stop landed after the step's graph had run (and updated the weights) but
             # before the loop counted the step: count it, so that the checkpoint resumes exactly.
             iteration, nonfinite = iteration + 1, 0
-        if nonfinite == 0 and iteration > start_iter:
-            writer.save(iteration)
-        logger.warning("interrupted at iteration %d; resume with --resume auto", iteration)
-        raise
+        saved = _save_on_stop(writer, iteration, start_iter, nonfinite)
+        if isinstance(error, KeyboardInterrupt):
+            logger.warning("interrupted at iteration %d; resume with --resume auto", iteration)
+            raise
+        raise TrainingError(f"training stopped at iteration {iteration}: {one_line(error)}; "
+                            f"{saved}") from error
     if iteration > start_iter and nonfinite == 0 and writer.last_iteration != iteration:
         writer.save(iteration)
     return writer.last_path
+
+
+def check_dataset_classes(config, info, mindrecord_dir):
+    """The data set's classes must be the config's, in order: labels index both."""
+    names = tuple(info.get("class_names", ()))
+    if names != config.data.class_names:
+        raise TrainingError(
+            f"{mindrecord_dir}: its train split has the classes {_listed(names)}, config "
+            f"'{config.name}' has data.class_names {_listed(config.data.class_names)}; train "
+            f"with a config of this data set's classes (src.config.variants.for_dataset)")
+
+
+def check_workers(config):
+    """MindSpore refuses more pipeline workers than the host has CPUs; say so before
+    anything is built, naming the setting."""
+    workers, cpus = config.data.num_parallel_workers, os.cpu_count() or 1
+    if workers > cpus:
+        raise TrainingError(f"data.num_parallel_workers {workers} (--num_workers) exceeds the "
+                            f"{cpus} CPUs of this host, MindSpore's limit; pass --num_workers "
+                            f"{cpus} or fewer")
+
+
+def _listed(names):
+    shown = ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+    return f"[{shown}]"
+
+
+def one_line(error):
+    """One line for an error that stopped training. A data pipeline error comes wrapped in
+    MindSpore's report: its Python error line (e.g. ``DatasetError: x.jpg: ...``) is kept."""
+    text = str(error) or type(error).__name__
+    raised = re.findall(r"^\s*([\w.]*Error): (.+)$", text, re.MULTILINE)
+    if len(text.splitlines()) > 1 and raised:
+        return raised[-1][1].strip()
+    return text.splitlines()[0].strip()
+
+
+def _save_on_stop(writer, iteration, start_iter, nonfinite):
+    """Save where a stopped run is, when there is something new and sound to save; returns
+    what the user should know about the checkpoints."""
+    if nonfinite == 0 and iteration > start_iter and writer.last_iteration != iteration:
+        try:
+            writer.save(iteration)
+        except OSError as error:
+            return (f"saving iteration {iteration} failed too ({error.strerror}); the last "
+                    f"checkpoint is {writer.last_path or 'none'}")
+    if writer.last_path:
+        return f"the last checkpoint is {writer.last_path}; continue with --resume auto"
+    return "no checkpoint was written"
 
 
 def _resume_path(resume, folder, name):
