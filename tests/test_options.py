@@ -81,6 +81,8 @@ def test_a_bad_choice_fails_at_load_naming_key_and_allowed_values(key, value, al
     (["--save_every", "0"], "--save_every: 'run.save_every' expects a value >= 1, got 0"),
     (["--log_every", "0"], "--log_every: 'run.log_every' expects a value >= 1, got 0"),
     (["--batch_size", "-1"], "--batch_size: 'train.batch_size' expects a value >= 1, got -1"),
+    (["--stop_iter", "-5"], "--stop_iter: 'run.stop_iter' expects a value >= 0, got -5"),
+    (["--opts", "train.max_iter=-5"], "'train.max_iter' expects a value >= 1, got -5"),
     (["--opts", "train.lr=.nan"], "'train.lr' expects a finite number, got nan"),
     (["--opts", "train.momentum=1.0"], "'train.momentum' expects a value < 1, got 1.0"),
     (["--opts", "model.backbone.layers=[3,0,6,3]"], "'model.backbone.layers' expects a value "
