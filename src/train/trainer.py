@@ -108,6 +108,7 @@ def train(config, context):
                     writer.save(iteration)
                 if iteration >= last_iter:
                     break
+        writer.save_unsaved(iteration, nonfinite)
     except TrainingError:
         raise
     except (KeyboardInterrupt, Exception) as error:
@@ -115,14 +116,12 @@ def train(config, context):
             # The stop landed after the step's graph had run (and updated the weights) but
             # before the loop counted the step: count it, so that the checkpoint resumes exactly.
             iteration, nonfinite = iteration + 1, 0
-        saved = _save_on_stop(writer, iteration, start_iter, nonfinite)
+        saved = _save_on_stop(writer, iteration, nonfinite)
         if isinstance(error, KeyboardInterrupt):
             logger.warning("interrupted at iteration %d; resume with --resume auto", iteration)
             raise
         raise TrainingError(f"training stopped at iteration {iteration}: {one_line(error)}; "
                             f"{saved}") from error
-    if iteration > start_iter and nonfinite == 0 and writer.last_iteration != iteration:
-        writer.save(iteration)
     return writer.last_path
 
 
@@ -161,15 +160,14 @@ def one_line(error):
     return text.splitlines()[0].strip()
 
 
-def _save_on_stop(writer, iteration, start_iter, nonfinite):
+def _save_on_stop(writer, iteration, nonfinite):
     """Save where a stopped run is, when there is something new and sound to save; returns
     what the user should know about the checkpoints."""
-    if nonfinite == 0 and iteration > start_iter and writer.last_iteration != iteration:
-        try:
-            writer.save(iteration)
-        except OSError as error:
-            return (f"saving iteration {iteration} failed too ({error.strerror}); the last "
-                    f"checkpoint is {writer.last_path or 'none'}")
+    try:
+        writer.save_unsaved(iteration, nonfinite)
+    except OSError as error:
+        return (f"saving iteration {iteration} failed too ({error.strerror}); the last "
+                f"checkpoint is {writer.last_path or 'none'}")
     if writer.last_path:
         return f"the last checkpoint is {writer.last_path}; continue with --resume auto"
     return "no checkpoint was written"
@@ -191,7 +189,14 @@ class _CheckpointWriter:
         self.writes = rank == 0 or run.save_all_ranks
         self.folder = (os.path.join(folder, f"rank_{rank}") if rank > 0 and run.save_all_ranks
                        else folder)
-        self.last_path, self.last_iteration = None, None
+        # The last checkpoint written or resumed from, and its iteration (0: none yet).
+        self.last_path, self.last_iteration = None, 0
+
+    def save_unsaved(self, iteration, nonfinite):
+        """Save ``iteration`` unless it is the last checkpoint's, or its step was skipped as
+        not finite (``nonfinite`` > 0)."""
+        if nonfinite == 0 and iteration != self.last_iteration:
+            self.save(iteration)
 
     def save(self, iteration):
         path = checkpoint_path(self.folder, self.name, iteration)
