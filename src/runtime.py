@@ -46,11 +46,13 @@ class CompileDumps:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where this process runs: its rank among ``group_size`` data-parallel workers."""
+    """Where this process runs: its rank among ``group_size`` data-parallel workers, of which
+    ``local_size`` share this host (and its CPUs)."""
     device_target: str
     distributed: bool
     rank: int = 0
     group_size: int = 1
+    local_size: int = 1
 
 
 def device_id_from_env(device_target):
@@ -65,6 +67,22 @@ def device_id_from_env(device_target):
         return None
     if not value.isdigit():
         raise ValueError(f"DEVICE_ID '{value}': expected a device number")
+    return int(value)
+
+
+def local_size_from_env(group_size):
+    """Ranks on this host: LOCAL_WORKER_NUM (msrun's --local_worker_num, which
+    scripts/run_distribute_train.sh exports), else all ``group_size`` ranks.
+
+    Raises:
+        ValueError: LOCAL_WORKER_NUM is not a number from 1 to ``group_size``.
+    """
+    value = os.environ.get("LOCAL_WORKER_NUM", "")
+    if not value:
+        return group_size
+    if not value.isdigit() or not 1 <= int(value) <= group_size:
+        raise ValueError(f"LOCAL_WORKER_NUM '{value}': expected the number of ranks on this "
+                         f"host, 1 to {group_size}")
     return int(value)
 
 
@@ -94,4 +112,4 @@ def init_context(device_target="CPU", distributed=False):
     rank, group_size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=group_size)
-    return RunContext(device_target, True, rank, group_size)
+    return RunContext(device_target, True, rank, group_size, local_size_from_env(group_size))

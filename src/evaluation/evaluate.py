@@ -192,10 +192,12 @@ def images_from_mindrecord(ann_file, coco_gt, mindrecord_dir, split, image_ids):
                            f"there but {split_height}x{split_width} in {where} ({len(resized)} of "
                            f"the {len(image_ids)} evaluated images differ); expected the split "
                            f"converted from this file")
-    return _read_split_images(mindrecord_dir, split, set(image_ids))
+    return read_split_images(mindrecord_dir, split, set(image_ids))
 
 
-def _read_split_images(mindrecord_dir, split, wanted):
+def read_split_images(mindrecord_dir, split, wanted):
+    """(image_id, [H, W, 3] uint8 BGR image) of the split's rows whose id is in ``wanted``,
+    in split order; nothing is checked (``images_from_mindrecord`` checks first)."""
     columns = ["image", "file_name", "image_id", "ignore_exif_orientation"]
     dataset = ds.MindDataset(shard_paths(mindrecord_dir, split), columns_list=columns,
                              shuffle=False)

@@ -6,6 +6,7 @@ import os
 import shutil
 
 from src.checkpoint import TEMP_PREFIX, list_checkpoints
+from src.train.run_record import RECORD_PATTERNS
 from src.utils.files import cannot_write_reason
 
 # Free space asked for beyond one checkpoint: the atomic save holds the new file beside the
@@ -17,12 +18,19 @@ class OutputFolderError(RuntimeError):
     """The output folder cannot be used as asked; the message says why and what to pass."""
 
 
+def best_checkpoint_path(folder, name):
+    """Where validation while training keeps the best checkpoint of ``name``."""
+    return os.path.join(folder, f"{name}_best.ckpt")
+
+
 def prepare_output_folder(folder, name, resume, overwrite, checkpoint_bytes):
     """Make ``folder`` ready for a run of config ``name``.
 
     A folder that holds checkpoints of ``name`` belongs to an earlier run: it is continued
-    (``resume`` set), or, with ``overwrite``, its checkpoints are moved into
-    ``previous-<time>/`` inside it; otherwise this is an error. Temporary files left by a
+    (``resume`` set), or, with ``overwrite``, its files (checkpoints, the best checkpoint,
+    metrics.jsonl, config yaml files) are moved into ``previous-<time>/`` inside it; otherwise
+    this is an error. A new run also moves there the records of an earlier one that stopped
+    before its first checkpoint. Temporary files left by a
     killed save are removed. The folder must accept a file and have room for
     ``checkpoint_bytes`` (times ``ROOM_MARGIN``).
 
@@ -47,16 +55,20 @@ def prepare_output_folder(folder, name, resume, overwrite, checkpoint_bytes):
 
 
 def _prepare(folder, name, resume, overwrite, checkpoint_bytes):
-    earlier = list_checkpoints(folder, name)
+    best = best_checkpoint_path(folder, name)
+    earlier = list_checkpoints(folder, name) + ([best] if os.path.isfile(best) else [])
     moved_to = None
-    if earlier and not resume:
-        if not overwrite:
+    if not resume:
+        if earlier and not overwrite:
             raise OutputFolderError(
                 f"{folder}: holds {len(earlier)} checkpoint(s) of {name} from an earlier run "
                 f"(newest {os.path.basename(earlier[-1])}); continue it with --resume auto, "
                 f"start a new run there with --overwrite (they are moved to "
                 f"{folder}/previous-<time>), or choose another --output_dir")
-        moved_to = _move_aside(folder, earlier)
+        records = [path for pattern in RECORD_PATTERNS
+                   for path in glob.glob(os.path.join(folder, pattern))]
+        if earlier or records:
+            moved_to = _move_aside(folder, earlier + records)
     _remove_stale_temporaries(folder)
     _check_room(folder, checkpoint_bytes)
     return moved_to

@@ -8,13 +8,15 @@ import time
 
 import numpy as np
 
-from src.checkpoint import (checkpoint_path, list_checkpoints, resume_training,
+from src.checkpoint import (checkpoint_path, list_checkpoints, read_checkpoint, resume_training,
                             rotate_checkpoints, save_training_checkpoint)
+from src.config.schema import replace
 from src.data.dataset import create_train_dataset, epoch_schedule
 from src.data.mindrecord import read_dataset_info
 from src.model.build import prior_boxes
 from src.train.lr_schedule import learning_rate_at
-from src.train.output_folder import prepare_output_folder
+from src.train.output_folder import best_checkpoint_path, prepare_output_folder
+from src.train.run_record import MetricsLog, write_run_config
 from src.train.setup import TrainingError, build_training
 from src.utils.logger import format_duration
 
@@ -48,7 +50,12 @@ def train(config, context):
                             "--output_dir of create_mindrecord.py")
     info = read_dataset_info(run.mindrecord_dir, "train")
     check_dataset_classes(config, info, run.mindrecord_dir)
-    check_workers(config)
+    config = fit_workers(config, context)
+    validator = None
+    if run.eval_every and context.rank == 0:
+        from src.evaluation.validation import TrainingValidator
+        validator = TrainingValidator(config, run.mindrecord_dir, run.eval_images,
+                                      context.device_target)
     setup = build_training(config, context)
     schedule, last_iter, per_device_batch = setup.schedule, setup.last_iter, setup.per_device_batch
     num_images = info["num_images"]
@@ -68,7 +75,14 @@ def train(config, context):
         moved_to = prepare_output_folder(writer.folder, config.name, run.resume, run.overwrite,
                                          checkpoint_bytes)
         if moved_to:
-            logger.info("the earlier run's checkpoints were moved to %s", moved_to)
+            logger.info("the earlier run's files were moved to %s", moved_to)
+    metrics_log = None
+    if context.rank == 0:
+        moved_to = write_run_config(folder, config, start_iter)
+        if moved_to:
+            logger.info("the settings changed: the earlier config.yaml was moved to %s", moved_to)
+        metrics_log = MetricsLog(folder)
+    best = _BestCheckpoint(validator, folder, config.name, setup, metrics_log)
     if resume_path:
         logger.info("resumed from %s at iteration %d", resume_path, start_iter)
     decay = (f"steps {list(schedule.lr_steps)}" if schedule.lr_decay == "step"
@@ -103,9 +117,13 @@ def train(config, context):
                 clock.tick()
                 if iteration % run.log_every == 0 or iteration == last_iter:
                     _log_step(iteration, schedule, last_iter, terms, total, scale, clock,
-                              setup.loss_fn.TERM_NAMES, nonfinite)
+                              setup.loss_fn.TERM_NAMES, nonfinite, metrics_log)
                 if iteration % run.save_every == 0 and nonfinite == 0:
                     writer.save(iteration)
+                if validator and nonfinite == 0 and (iteration % run.eval_every == 0
+                                                     or iteration == last_iter):
+                    best.evaluate(iteration)
+                    clock.restart()
                 if iteration >= last_iter:
                     break
         writer.save_unsaved(iteration, nonfinite)
@@ -135,14 +153,32 @@ def check_dataset_classes(config, info, mindrecord_dir):
             f"with a config of this data set's classes (src.config.variants.for_dataset)")
 
 
-def check_workers(config):
-    """MindSpore refuses more pipeline workers than the host has CPUs; say so before
-    anything is built, naming the setting."""
-    workers, cpus = config.data.num_parallel_workers, os.cpu_count() or 1
-    if workers > cpus:
-        raise TrainingError(f"data.num_parallel_workers {workers} (--num_workers) exceeds the "
-                            f"{cpus} CPUs of this host, MindSpore's limit; pass --num_workers "
-                            f"{cpus} or fewer")
+def usable_cpus():
+    """CPUs this process may run on (its affinity: a container's or taskset's share), which
+    can be fewer than the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def pipeline_workers(requested, cpus, local_size):
+    """``data.num_parallel_workers`` capped by this rank's share of ``cpus`` (``local_size``
+    ranks share them), at least 1. More workers than CPUs only contend (and MindSpore refuses
+    more than the host has); the augmentation draws follow the sample, not the worker, so the
+    data are the same whatever the count."""
+    return max(1, min(requested, cpus // local_size))
+
+
+def fit_workers(config, context):
+    """``config`` with ``data.num_parallel_workers`` fitted to this rank's CPUs; logs a cap."""
+    requested, cpus = config.data.num_parallel_workers, usable_cpus()
+    workers = pipeline_workers(requested, cpus, context.local_size)
+    if workers == requested:
+        return config
+    shared = f", shared by {context.local_size} ranks" if context.local_size > 1 else ""
+    logger.info("data.num_parallel_workers %d capped to %d: this process may use %d CPUs%s",
+                requested, workers, cpus, shared)
+    return replace(config, **{"data.num_parallel_workers": workers})
 
 
 def _listed(names):
@@ -207,11 +243,45 @@ class _CheckpointWriter:
         self.last_path, self.last_iteration = path, iteration
 
 
+class _BestCheckpoint:
+    """Validation while training: evaluates, logs the AP table and its metrics line, and
+    keeps the training state of the best mask AP as ``<name>_best.ckpt`` (with the AP in the
+    file, so a resumed run knows the best so far)."""
+
+    AP_KEY = "best_mask_ap"
+
+    def __init__(self, validator, folder, name, setup, metrics_log):
+        self.validator, self.setup, self.metrics_log = validator, setup, metrics_log
+        self.path = best_checkpoint_path(folder, name)
+        self.best_ap = -1.0
+        if validator and os.path.isfile(self.path):
+            self.best_ap = float(read_checkpoint(self.path)[self.AP_KEY].asnumpy())
+
+    def evaluate(self, iteration):
+        from src.evaluation.validation import mask_ap
+        metrics, table, seconds = self.validator.evaluate(self.setup.state())
+        count = len(self.validator.image_ids)
+        logger.info("validation at iteration %d (%d images, %.1f s):\n%s", iteration, count,
+                    seconds, table)
+        self.metrics_log.evaluation(iteration, count, metrics, seconds)
+        score = mask_ap(metrics)
+        if score > self.best_ap:
+            save_training_checkpoint(self.path, self.setup.state(), iteration,
+                                     **{self.AP_KEY: score})
+            logger.info("best mask AP so far (%.2f, was %s): saved %s", score * 100,
+                        f"{self.best_ap * 100:.2f}" if self.best_ap >= 0 else "none", self.path)
+            self.best_ap = score
+
+
 class _Throughput:
     """Seconds per step over the recent steps (the first step includes graph compilation)."""
 
     def __init__(self, batch_size, window=20):
         self.batch_size, self.window = batch_size, window
+        self.restart()
+
+    def restart(self):
+        """Forget the steps so far (after an evaluation, which is no step's time)."""
         self.stamps = [time.time()]
 
     def tick(self):
@@ -223,13 +293,17 @@ class _Throughput:
         return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
 
 
-def _log_step(iteration, schedule, last_iter, terms, total, scale, clock, names, nonfinite):
+def _log_step(iteration, schedule, last_iter, terms, total, scale, clock, names, nonfinite,
+              metrics_log):
     values = terms.asnumpy()
     parts = " ".join(f"{name} {value:.3f}" for name, value in zip(names, values))
     lr = learning_rate_at(iteration - 1, schedule)
     sec = clock.seconds_per_step()
     eta = format_duration(sec * (last_iter - iteration)) if np.isfinite(sec) else "?"
     skipped = f" | skipped {nonfinite}" if nonfinite else ""
+    total, scale = float(total.asnumpy()), float(scale.asnumpy())
     logger.info("iter %d/%d | %s | total %.3f | lr %.2e | scale %g | %.2f s/step | %.1f img/s | "
-                "ETA %s%s", iteration, last_iter, parts, float(total.asnumpy()), lr,
-                float(scale.asnumpy()), sec, clock.batch_size / sec, eta, skipped)
+                "ETA %s%s", iteration, last_iter, parts, total, lr, scale, sec,
+                clock.batch_size / sec, eta, skipped)
+    if metrics_log:
+        metrics_log.training(iteration, values, total, lr, scale, sec, clock.batch_size)

@@ -18,3 +18,16 @@ def cannot_write_reason(folder):
     os.close(handle)
     os.remove(probe)
     return ""
+
+
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
+    ``path`` is never seen half written; the temporary file is removed if the write fails."""
+    handle, temporary = tempfile.mkstemp(prefix=".tmp_", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
