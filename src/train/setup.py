@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import mindspore as ms
 
-from src.checkpoint import GLOBAL_STEP_KEY, load_backbone_weights
+from src.checkpoint import (GLOBAL_STEP_KEY, fit_summary, load_backbone_weights,
+                            load_pretrained_weights)
 from src.config.schema import TrainConfig
 from src.losses.build import build_loss
 from src.model.build import build_model
@@ -85,11 +86,14 @@ def build_training(config, context):
     the device and data-parallel group of ``context`` (a ``src.runtime.RunContext``).
 
     Seeds MindSpore with ``run.seed`` first, so the initial weights follow from it; loads
-    ``run.backbone_ckpt`` when set (before the weight average copies the weights).
+    ``run.backbone_ckpt``, then ``run.pretrained`` (which wins where both hold a weight) when
+    set, before the weight average copies the weights. Loading draws no random numbers:
+    the parameters it skips keep the init of a run without it.
 
     Raises:
         TrainingError: ``train.batch_size`` does not divide over the devices.
-        CheckpointError: the backbone checkpoint does not fit.
+        CheckpointError: the backbone checkpoint does not fit, or the pretrained one
+            matches no parameter.
     """
     total_batch = config.train.batch_size
     if total_batch % context.group_size:
@@ -108,6 +112,10 @@ def build_training(config, context):
     if run.backbone_ckpt:
         loaded = load_backbone_weights(model, run.backbone_ckpt)
         logger.info("backbone initialised from %s (%d tensors)", run.backbone_ckpt, loaded)
+    if run.pretrained:
+        fit = load_pretrained_weights(model, run.pretrained)
+        for line in fit_summary(fit, run.pretrained):
+            logger.info(line)
     model.set_train(True)
     loss_fn = build_loss(config, model)
     optimizer = build_optimizer(model.trainable_params(), learning_rates(schedule, last_iter),
