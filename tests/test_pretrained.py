@@ -139,8 +139,8 @@ def test_pretrained_and_resume_exclude_each_other():
         load_config("yolact_plus_demo", flags={"--pretrained": ("run.pretrained", "a.ckpt"),
                                                "--resume": ("run.resume", "auto")})
     assert str(error.value) == ("config 'yolact_plus_demo': run.pretrained and run.resume "
-                                "exclude each other: resume continues a run with its own "
-                                "weights; drop --pretrained")
+                                "exclude each other (resume continues a run with its own "
+                                "weights); clear one, e.g. --pretrained ''")
 
 
 @pytest.mark.slow
