@@ -6,7 +6,9 @@ A detector result for one image is a dict of numpy arrays, in original-image pix
     box_scores: [D] float, the class confidence.
     mask_scores: [D] float, the mask score (box score x predicted mask IoU on YOLACT++,
         equal to box_scores on YOLACT).
-    masks: [D, H, W] bool, full-image binary masks.
+    masks: [D, H, W] bool full-image binary masks, or their ``MaskWindows``
+        (``src.postprocess.masks``; what ``detections_to_image`` gives, encoded without
+        building the full-image masks).
 
 As in the authors' COCO-json path, a detection whose integer box has zero area is dropped from
 both result lists; bbox coordinates are rounded to 0.1 px (a no-op on the detector's integer
@@ -21,9 +23,10 @@ import tempfile
 import warnings
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from src.postprocess.masks import MaskWindows
 
 # COCOeval.stats[0:6] are these, in this order (IoU 0.5:0.95 / 0.5 / 0.75; area all/S/M/L).
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -47,12 +50,17 @@ def detections_to_coco(image_id, result, label_to_category_id):
     classes = np.asarray(result["classes"]).reshape(-1)
     box_scores = np.asarray(result["box_scores"], np.float64).reshape(-1)
     mask_scores = np.asarray(result["mask_scores"], np.float64).reshape(-1)
-    masks = np.asarray(result["masks"])
+    masks = result["masks"]
+    if not isinstance(masks, MaskWindows):
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"image {image_id}: masks of shape {masks.shape}; expected [D, H, W]")
+        masks = MaskWindows.from_dense(masks)
     num_dets = boxes.shape[0]
-    if masks.ndim != 3 or not (len(classes) == len(box_scores) == len(mask_scores) == masks.shape[0] == num_dets):
+    if not len(classes) == len(box_scores) == len(mask_scores) == len(masks) == num_dets:
         raise ValueError(f"image {image_id}: inconsistent result arrays (boxes {boxes.shape}, classes "
                          f"{classes.shape}, box_scores {box_scores.shape}, mask_scores {mask_scores.shape}, "
-                         f"masks {masks.shape}); expected D boxes, D labels, D scores and [D, H, W] masks")
+                         f"{len(masks)} masks); expected D boxes, D labels, D scores and D masks")
 
     boxes = boxes.astype(np.float64)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -60,11 +68,11 @@ def detections_to_coco(image_id, result, label_to_category_id):
     if keep.size == 0:
         return [], []
 
-    # One encode call for all kept masks: pycocotools wants [H, W, N] uint8 in Fortran order.
-    rles = mask_utils.encode(np.asfortranarray(masks[keep].astype(np.uint8).transpose(1, 2, 0)))
+    rles = masks.to_rle()
 
     bbox_entries, segm_entries = [], []
-    for rle, index in zip(rles, keep):
+    for index in keep:
+        rle = rles[index]
         x1, y1, x2, y2 = (float(v) for v in boxes[index])
         category_id = int(label_to_category_id[int(classes[index])])
         bbox = [round(v * 10) / 10 for v in (x1, y1, x2 - x1, y2 - y1)]
@@ -121,13 +129,20 @@ class CocoEvaluator:
         self.image_ids = []
         self._image_id_set = set()
         self.results = {"bbox": [], "segm": []}
+        # {"bbox": COCOeval, "segm": COCOeval} once ``evaluate`` ran: per-class AP reads them.
+        self.coco_evals = {}
 
     def add(self, image_id, result):
         """Adds one image's detector result (module docstring); each image id at most once."""
+        self.add_entries(image_id, *detections_to_coco(int(image_id), result,
+                                                       self.label_to_category_id))
+
+    def add_entries(self, image_id, bbox_entries, segm_entries):
+        """Adds one image's COCO result entries (``detections_to_coco``'s two lists, e.g. made
+        by another rank); each image id at most once."""
         image_id = int(image_id)
         if image_id in self._image_id_set:
             raise ValueError(f"image {image_id} was already added; its detections would count twice")
-        bbox_entries, segm_entries = detections_to_coco(image_id, result, self.label_to_category_id)
         self.image_ids.append(image_id)
         self._image_id_set.add(image_id)
         self.results["bbox"].extend(bbox_entries)
@@ -171,6 +186,7 @@ class CocoEvaluator:
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
+            self.coco_evals[iou_type] = coco_eval
             metrics[iou_type] = {name: float(coco_eval.stats[i]) for i, name in enumerate(METRIC_NAMES)}
         return metrics
 

@@ -13,12 +13,15 @@ from src.config.load import load_config
 from src.data.transforms import eval_transform
 from src.inference.net import build_inference_net
 from src.model.build import build_model
-from src.postprocess.masks import boxes_to_image, masks_to_image
+from src.postprocess.masks import boxes_to_image, mask_windows
 from src.runtime import init_context
 
 
 def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
-    """One image's slice of ``InferenceNet`` outputs (numpy) -> the ``Detector`` result dict.
+    """One image's slice of ``InferenceNet`` outputs (numpy) -> its detections in pixels.
+
+    The masks stay as windows (``MaskWindows``): the COCO evaluation encodes them as RLE
+    from there, and ``with_dense_masks`` gives the ``Detector`` result.
 
     Args:
         outputs: tuple of numpy arrays as ``InferenceNet`` returns them.
@@ -27,7 +30,7 @@ def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
 
     Returns:
         dict of ``boxes [N,4] int64`` (original pixels), ``classes [N]``, ``box_scores [N]``,
-        ``mask_scores [N]``, ``masks [N,height,width] bool``, sorted by box score.
+        ``mask_scores [N]``, ``masks`` (``MaskWindows`` of N masks), sorted by box score.
     """
     boxes, classes, box_scores, mask_scores, masks, valid = (o[index] for o in outputs)
     keep = np.flatnonzero(valid)
@@ -36,8 +39,13 @@ def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
         "classes": classes[keep].astype(np.int64),
         "box_scores": box_scores[keep].astype(np.float32),
         "mask_scores": mask_scores[keep].astype(np.float32),
-        "masks": masks_to_image(masks[keep], height, width, mask_threshold),
+        "masks": mask_windows(masks[keep], height, width, mask_threshold),
     }
+
+
+def with_dense_masks(detections):
+    """``detections_to_image``'s dict with ``masks`` as [N, H, W] bool (the Detector result)."""
+    return {**detections, "masks": detections["masks"].to_dense()}
 
 
 def check_bgr_image(image, name="image"):
@@ -109,6 +117,19 @@ class BatchDetector:
         if not isinstance(images_bgr, (list, tuple)):
             raise ValueError(f"images: expected a list of 1 to {self.batch_size} [H, W, 3] uint8 "
                              f"BGR images, got {type(images_bgr).__name__}")
+        outputs = self.run_network(self.prepare_batch(images_bgr))
+        threshold = self.config.eval.mask_threshold
+        return [with_dense_masks(detections_to_image(outputs, index, image.shape[0],
+                                                     image.shape[1], threshold))
+                for index, image in enumerate(images_bgr)]
+
+    def prepare_batch(self, images_bgr):
+        """Up to ``batch_size`` [H, W, 3] uint8 BGR images -> the network's input
+        [batch_size, 3, S, S] float32 (unused slots zero).
+
+        Raises:
+            ValueError: naming the first image that is not [H, W, 3] uint8.
+        """
         if not 1 <= len(images_bgr) <= self.batch_size:
             raise ValueError(f"images: expected 1 to {self.batch_size} images, "
                              f"got {len(images_bgr)}")
@@ -116,10 +137,7 @@ class BatchDetector:
         batch = np.zeros((self.batch_size, 3, size, size), np.float32)
         for index, image in enumerate(images_bgr):
             batch[index] = self.preprocess(image, f"image {index}")[0]
-        outputs = self.run_network(batch)
-        threshold = self.config.eval.mask_threshold
-        return [detections_to_image(outputs, index, image.shape[0], image.shape[1], threshold)
-                for index, image in enumerate(images_bgr)]
+        return batch
 
 
 class Detector(BatchDetector):

@@ -5,15 +5,11 @@ box on the prototype grid (S = 138 at max_size 550), then the YOLACT++ mask scor
 host (numpy / OpenCV): masks resized to the original image and binarised, boxes turned into
 integer pixel corners — the authors' ``postprocess`` in ``layers/output_utils.py``.
 """
-import cv2
 import numpy as np
 from mindspore import nn, ops
+from pycocotools import mask as mask_utils
 
 from src.box.ops import crop_masks_tensor
-
-# OpenCV's resize accepts at most this many channels (CV_CN_MAX).
-_MAX_RESIZE_CHANNELS = 512
-
 
 def assemble_masks_tensor(proto, coeffs, boxes):
     """Soft instance masks ``sigmoid(proto @ coeff)`` cropped to their boxes (padding 1).
@@ -62,26 +58,197 @@ class MaskRescoring(nn.Cell):
         return scores * maskiou.reshape(batch, num_dets)
 
 
-def resize_masks(masks, height, width):
-    """Bilinear resize of soft masks to the image (``align_corners=False``, no antialias).
+def _linear_taps(out_size, in_size, clamp_weights):
+    """OpenCV's INTER_LINEAR taps along one axis (its float path, with its roundings).
 
-    OpenCV's INTER_LINEAR uses the same source coordinates as PyTorch's bilinear
-    ``interpolate(align_corners=False)`` that the authors call, for shrinking too.
-
-    Args:
-        masks: [D, S, S] float32 soft masks.
-        height, width: output size in pixels.
+    The source coordinate of output pixel ``d`` is ``float32((d + 0.5) * scale - 0.5)`` with
+    ``scale = 1 / (out_size / in_size)`` in float64 (PyTorch's ``align_corners=False``);
+    its floor and fraction give the two taps. OpenCV clamps the columns differently from the
+    rows: a column left of the first or right of the last source column copies that column
+    (weights 1, 0), while a row outside only has its indices clipped, keeping both weights.
 
     Returns:
-        [D, height, width] float32.
+        (low [out], high [out]) int64 source indices, (w_low [out], w_high [out]) float32.
     """
+    scale = 1.0 / (out_size / in_size)
+    coords = ((np.arange(out_size) + 0.5) * scale - 0.5).astype(np.float32)
+    low = np.floor(coords).astype(np.int64)
+    w_high = coords - low.astype(np.float32)
+    if clamp_weights:
+        outside = (low < 0) | (low >= in_size - 1)
+        w_high[outside] = 0
+    high = np.clip(low + 1, 0, in_size - 1)
+    low = np.clip(low, 0, in_size - 1)
+    return low, high, np.float32(1) - w_high, w_high
+
+
+class MaskWindows:
+    """Binary instance masks of one image, each stored only inside its window.
+
+    A cropped soft mask is zero outside its box, so its upsampled mask is False outside the
+    output pixels whose source taps reach a non-zero cell (``mask_windows``). The windows
+    are kept column by column (column-major, the order of COCO RLE runs) in one flat bool
+    buffer, each window column framed by a False above and below: the runs of every mask
+    then come from one comparison of neighbours over the buffer.
+
+    Attributes:
+        height, width: image size in pixels.
+        corners: [D, 4] int64 (x1, y1, x2, y2) absolute pixels of each window, ends
+            exclusive; an empty mask has an empty window (x2 == x1 or y2 == y1).
+        buffer: flat bool, window ``i`` at ``offsets[i]:offsets[i + 1]`` as
+            [x2 - x1, y2 - y1 + 2] (image columns x rows with the two guard rows).
+        offsets: [D + 1] int64.
+    """
+
+    def __init__(self, height, width, corners):
+        """An all-False set of masks with these windows; fill them through ``columns``."""
+        self.height, self.width = int(height), int(width)
+        self.corners = np.asarray(corners, np.int64).reshape(-1, 4)
+        self._rows = self.corners[:, 3] - self.corners[:, 1]
+        self._cols = self.corners[:, 2] - self.corners[:, 0]
+        sizes = np.where(self._rows > 0, self._cols * (self._rows + 2), 0)
+        self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self.buffer = np.zeros(int(self.offsets[-1]), bool)
+
+    def __len__(self):
+        return len(self.corners)
+
+    def columns(self, index):
+        """Writable [x2 - x1, y2 - y1] bool view of window ``index``: image columns x rows."""
+        rows, cols = int(self._rows[index]), int(self._cols[index])
+        block = self.buffer[self.offsets[index]:self.offsets[index + 1]]
+        return block.reshape(cols, rows + 2)[:, 1:-1] if rows > 0 else np.zeros((cols, 0), bool)
+
+    def window(self, index):
+        """[y2 - y1, x2 - x1] bool view of mask ``index`` inside its window."""
+        return self.columns(index).T
+
+    @classmethod
+    def from_dense(cls, masks):
+        """[D, H, W] bool (or 0/1) masks -> MaskWindows with the tight box of each mask."""
+        masks = np.asarray(masks, bool)
+        count, height, width = masks.shape
+        y1, y2 = _true_spans(masks.any(2))
+        x1, x2 = _true_spans(masks.any(1))
+        windows = cls(height, width, np.stack((x1, y1, x2, y2), axis=1))
+        for index, mask in enumerate(masks):
+            windows.columns(index)[...] = mask[y1[index]:y2[index], x1[index]:x2[index]].T
+        return windows
+
+    def to_dense(self):
+        """[D, height, width] bool full-image masks."""
+        dense = np.zeros((len(self), self.height, self.width), bool)
+        for index, (x1, y1, x2, y2) in enumerate(self.corners):
+            dense[index, y1:y2, x1:x2] = self.window(index)
+        return dense
+
+    def rle_counts(self):
+        """The uncompressed COCO RLE of each mask, from the windows alone.
+
+        Returns:
+            list of D int64 arrays: run lengths over the image in column-major order (the
+            first run counts zeros), as pycocotools ``mask.encode`` of the dense mask has.
+        """
+        total = self.height * self.width
+        # First element of every run in the buffer: the guards make each one a change
+        # inside a window column.
+        change = np.flatnonzero(self.buffer[1:] != self.buffer[:-1]) + 1
+        owner = np.searchsorted(self.offsets, change, side="right") - 1
+        col, row = np.divmod(change - self.offsets[owner], self._rows[owner] + 2)
+        starts = (self.corners[owner, 0] + col) * self.height + self.corners[owner, 1] + row - 1
+        # A run leaving the bottom of a full-height column and one entering the top of the
+        # next are one run of the column-major image: drop both ends.
+        # A run reaching the last pixel ends with the image, not with a run of 0 zeros.
+        joined = np.flatnonzero((starts[1:] == starts[:-1]) & (owner[1:] == owner[:-1]))
+        keep = starts < total
+        keep[joined] = keep[joined + 1] = False
+        starts, owner = starts[keep], owner[keep]
+        bounds = np.searchsorted(owner, np.arange(len(self) + 1))
+        return [np.diff(starts[bounds[i]:bounds[i + 1]], prepend=0, append=total)
+                for i in range(len(self))]
+
+    def to_rle(self):
+        """Compressed COCO RLEs ``{"size": [height, width], "counts": bytes}``, one per mask,
+        equal to pycocotools ``mask.encode`` of the dense masks."""
+        if not len(self):
+            return []
+        size = [self.height, self.width]
+        return mask_utils.frPyObjects(
+            [{"size": size, "counts": counts.tolist()} for counts in self.rle_counts()],
+            self.height, self.width)
+
+
+def _true_spans(flags):
+    """[D, N] bool -> (first, last + 1) [D] int64 of each row's True entries; (0, 0) for a
+    row without any."""
+    found = flags.any(1)
+    size = flags.shape[1]
+    first = np.where(found, np.argmax(flags, 1), 0)
+    stop = np.where(found, size - np.argmax(flags[:, ::-1], 1), 0)
+    return first.astype(np.int64), stop.astype(np.int64)
+
+
+def mask_windows(masks, height, width, threshold=0.5):
+    """Soft masks on the prototype grid -> binary masks of the original image, as windows.
+
+    Each output pixel is computed as OpenCV's ``cv2.resize(INTER_LINEAR)`` of float32 masks
+    computes it on its generic path, bit for bit (horizontal pass, then vertical, each
+    product and sum rounded to float32; for an exact halving of both sides, where OpenCV
+    switches to its 2x2 area average, that average), then compared with ``threshold``. The
+    coordinates are PyTorch's bilinear ``align_corners=False`` that the authors use. Only
+    the window whose taps reach a non-zero source cell is computed: outside it every tap is
+    zero, so the resized value is 0, never above a threshold >= 0.
+
+    Args:
+        masks: [D, S, S] float32 cropped soft masks (zero outside their boxes).
+        height, width: original image size in pixels.
+        threshold: >= 0; a pixel is foreground when its resized value is strictly above.
+
+    Returns:
+        MaskWindows of D masks.
+    """
+    if threshold < 0:
+        raise ValueError(f"mask threshold {threshold}: expected >= 0 (zero pixels would be set)")
     masks = np.asarray(masks, np.float32)
-    out = np.empty((masks.shape[0], height, width), np.float32)
-    for start in range(0, masks.shape[0], _MAX_RESIZE_CHANNELS):
-        chunk = masks[start:start + _MAX_RESIZE_CHANNELS].transpose(1, 2, 0)           # [S, S, n]
-        resized = cv2.resize(chunk, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[start:start + chunk.shape[2]] = resized.reshape(height, width, -1).transpose(2, 0, 1)
-    return out
+    src_height, src_width = masks.shape[1:]
+    halving = 2 * height == src_height and 2 * width == src_width
+    if halving:
+        x_low, y_low = 2 * np.arange(width), 2 * np.arange(height)
+        x_high, y_high = x_low + 1, y_low + 1
+    else:
+        x_low, x_high, x_w0, x_w1 = _linear_taps(width, src_width, clamp_weights=True)
+        y_low, y_high, y_w0, y_w1 = _linear_taps(height, src_height, clamp_weights=False)
+    # Non-zero source cells -> output pixels with a tap on one of them.
+    r1, r2 = _true_spans(masks.any(2))
+    c1, c2 = _true_spans(masks.any(1))
+    found = r2 > 0
+    x1, x2 = np.searchsorted(x_high, c1), np.searchsorted(x_low, c2 - 1, side="right")
+    y1, y2 = np.searchsorted(y_high, r1), np.searchsorted(y_low, r2 - 1, side="right")
+    corners = np.where(found[:, None], np.stack((x1, y1, x2, y2), axis=1), 0)
+    windows = MaskWindows(height, width, corners)
+    for index in np.flatnonzero(found & (x2 > x1) & (y2 > y1)):
+        cols, rows = slice(x1[index], x2[index]), slice(y1[index], y2[index])
+        top = y_low[rows.start]
+        source = masks[index, top:y_high[rows.stop - 1] + 1]       # [source rows, S]
+        left, right = source[:, x_low[cols]], source[:, x_high[cols]]
+        low, high = y_low[rows] - top, y_high[rows] - top
+        if halving:
+            # OpenCV's order: top-left + top-right + bottom-left + bottom-right, then x 1/4.
+            values = left[low] + right[low]
+            values += left[high]
+            values += right[high]
+            values *= np.float32(0.25)
+        else:
+            left *= x_w0[cols]
+            right *= x_w1[cols]
+            left += right                               # [source rows, columns] horizontal pass
+            values = left[low]
+            values *= y_w0[rows, None]
+            lower = left[high]
+            lower *= y_w1[rows, None]
+            values += lower                             # [rows, columns]
+        np.greater(values.T, threshold, out=windows.columns(index))
+    return windows
 
 
 def masks_to_image(masks, height, width, threshold=0.5):
@@ -90,12 +257,12 @@ def masks_to_image(masks, height, width, threshold=0.5):
     Args:
         masks: [D, S, S] float32 cropped soft masks.
         height, width: original image size in pixels.
-        threshold: a pixel is foreground when its resized value is strictly above.
+        threshold: >= 0; a pixel is foreground when its resized value is strictly above.
 
     Returns:
-        [D, height, width] bool.
+        [D, height, width] bool (``mask_windows(...).to_dense()``).
     """
-    return resize_masks(masks, height, width) > threshold
+    return mask_windows(masks, height, width, threshold).to_dense()
 
 
 def _sanitize_interval(low, high, size):
