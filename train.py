@@ -14,11 +14,12 @@ OPTIONS = ConfigOptions(
     flags={"mindrecord_dir": "run.mindrecord_dir", "output_dir": "run.output_dir",
            "batch_size": "train.batch_size", "stop_iter": "run.stop_iter",
            "resume": "run.resume", "overwrite": "run.overwrite",
-           "backbone_ckpt": "run.backbone_ckpt",
+           "backbone_ckpt": "run.backbone_ckpt", "pretrained": "run.pretrained",
            "save_every": "run.save_every", "keep_last": "run.keep_last",
            "log_every": "run.log_every", "seed": "run.seed",
            "num_workers": "data.num_parallel_workers", "loss_scale": "run.loss_scale",
-           "amp_level": "run.amp_level"},
+           "amp_level": "run.amp_level", "eval_every": "run.eval_every",
+           "eval_images": "run.eval_images"},
     sections=("model", "data", "loss", "train", "run"))
 
 

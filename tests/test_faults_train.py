@@ -199,15 +199,6 @@ def test_a_data_set_of_other_classes_is_refused(six_images, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_more_workers_than_cpus_names_the_setting(tiny_yaml, six_images, tmp_path):
-    cpus = os.cpu_count()
-    result = run_train_py(train_args(tiny_yaml, six_images, tmp_path / "run")
-                          + ["--num_workers", str(cpus + 1)])
-    line = error_line(result)
-    assert (f"data.num_parallel_workers {cpus + 1} (--num_workers) exceeds the {cpus} CPUs "
-            f"of this host") in line
-
-
 def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(tiny_yaml, six_images,
                                                                   tmp_path):
     """kill -9 during a save leaves our temporary file and MindSpore's; the next run in the

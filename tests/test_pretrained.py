@@ -15,7 +15,7 @@ import pytest
 
 from src.checkpoint import (CheckpointError, load_pretrained_weights, save_checkpoint_atomic,
                             save_training_checkpoint)
-from src.config.load import ConfigError, load_config
+from src.config.load import load_config
 from src.config.schema import replace
 from src.config.variants import for_dataset
 from src.model.build import build_model
@@ -134,15 +134,6 @@ def test_checkpoint_matching_nothing_is_refused_in_one_line(case, tmp_path):
     assert all(np.array_equal(before[name], after[name]) for name in before)
 
 
-def test_pretrained_and_resume_exclude_each_other():
-    with pytest.raises(ConfigError) as error:
-        load_config("yolact_plus_demo", flags={"--pretrained": ("run.pretrained", "a.ckpt"),
-                                               "--resume": ("run.resume", "auto")})
-    assert str(error.value) == ("config 'yolact_plus_demo': run.pretrained and run.resume "
-                                "exclude each other (resume continues a run with its own "
-                                "weights); clear one, e.g. --pretrained ''")
-
-
 @pytest.mark.slow
 def test_converted_authors_weights_start_a_three_class_r50(tmp_path):
     """tools/convert_weights.py's conversion of a (random) authors' COCO R-50++ checkpoint,
@@ -171,8 +162,7 @@ def test_converted_authors_weights_start_a_three_class_r50(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing_file", "with_resume"])
-def test_train_py_pretrained_errors_are_one_line(case, tmp_path):
+def test_train_py_with_a_missing_pretrained_file_is_one_line(tmp_path):
     from tests.test_train import (error_lines, run_train_py, shapes_config,
                                   write_config_yaml, write_synthetic_mindrecord)
 
@@ -181,11 +171,7 @@ def test_train_py_pretrained_errors_are_one_line(case, tmp_path):
     missing = str(tmp_path / "no_such.ckpt")
     args = ["--config", config, "--mindrecord_dir", mindrecord, "--batch_size", "2",
             "--output_dir", str(tmp_path / "out"), "--pretrained", missing]
-    if case == "missing_file":
-        expected = f"train.py: error: {missing}: checkpoint file not found"
-    else:
-        args += ["--resume", "auto"]
-        expected = "run.pretrained and run.resume exclude each other"
+    expected = f"train.py: error: {missing}: checkpoint file not found"
     result = run_train_py(args)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)

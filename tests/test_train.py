@@ -292,9 +292,11 @@ def test_resume_replays_the_uninterrupted_run(ema_decay, six_images, tmp_path, c
         assert live == [] and "ema.num_updates" not in state
 
 
-def run_train_py(args, timeout=180):
+def run_train_py(args, timeout=180, cpus=None):
+    """train.py ``args`` in a subprocess; ``cpus``: the set of CPUs it may run on."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     return subprocess.run([sys.executable, os.path.join(REPO, "train.py")] + args, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=pin)
 
 
 def error_lines(stderr):

@@ -210,3 +210,22 @@ def _freeze(value):
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     return value
+
+
+def config_to_yaml(config):
+    """YAML text of every setting of ``config``: ``load_config`` of the file gives ``config``
+    back, whatever variant or file it came from (the ``__BASE__`` it names is overridden in
+    full)."""
+    document = {"__BASE__": next(iter(VARIANTS)), **_plain(dataclasses.asdict(config))}
+    header = (f"# Every setting of the run of '{config.name}', resolved; train.py --config "
+              f"<this file> loads it.\n")
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=None)
+
+
+def _plain(value):
+    """Tuples (frozen lists) -> lists, recursively, for yaml.safe_dump."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

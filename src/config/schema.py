@@ -96,7 +96,9 @@ class DataConfig:
     augmentation: str = setting(
         "ssd", "training augmentation: ssd (the authors': photometric, expand, crop, mirror), "
                "light (photometric + mirror) or none", choices=AUGMENTATIONS)
-    num_parallel_workers: int = setting(4, "data pipeline worker processes", minimum=1)
+    num_parallel_workers: int = setting(4, "data pipeline worker processes; a training run "
+                                           "uses at most the CPUs it may run on, shared by "
+                                           "the ranks of its host", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class RunConfig:
                                      "of this config; they are moved to "
                                      "output_dir/previous-<time> first, nothing is deleted")
     backbone_ckpt: str = setting("", "ImageNet backbone from tools/convert_weights.py --backbone")
+    pretrained: str = setting("", "fine-tune from a YOLACT checkpoint (train.py's or "
+                                  "converted): loads each parameter whose name and shape match, "
+                                  "over backbone_ckpt; a resumed checkpoint replaces both")
     stop_iter: int = setting(0, "stop at this iteration (0: the schedule's end); the schedule "
                                 "is unchanged, --resume continues it", minimum=0)
     save_every: int = setting(10000, "iterations between checkpoints", minimum=1)
@@ -200,6 +205,11 @@ class RunConfig:
                                        minimum=1)
     save_all_ranks: bool = setting(False, "every rank saves (rank r > 0 in output_dir/rank_r), "
                                           "to check that data-parallel replicas agree")
+    eval_every: int = setting(0, "iterations between evaluations of box and mask AP on the "
+                                 "val split of mindrecord_dir; the best mask AP is kept as "
+                                 "<name>_best.ckpt (0: off)", minimum=0)
+    eval_images: int = setting(0, "evaluate on the val split's first N annotated images "
+                                  "(0: all)", minimum=0)
 
 
 @dataclass(frozen=True)

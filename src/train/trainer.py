@@ -50,6 +50,7 @@ def train(config, context):
                             "--output_dir of create_mindrecord.py")
     info = read_dataset_info(run.mindrecord_dir, "train")
     check_dataset_classes(config, info, run.mindrecord_dir)
+    settings = config    # as given: config.yaml records these, not this host's worker cap
     config = fit_workers(config, context)
     validator = None
     if run.eval_every and context.rank == 0:
@@ -78,7 +79,7 @@ def train(config, context):
             logger.info("the earlier run's files were moved to %s", moved_to)
     metrics_log = None
     if context.rank == 0:
-        moved_to = write_run_config(folder, config, start_iter)
+        moved_to = write_run_config(folder, settings, start_iter)
         if moved_to:
             logger.info("the settings changed: the earlier config.yaml was moved to %s", moved_to)
         metrics_log = MetricsLog(folder)
@@ -176,7 +177,7 @@ def fit_workers(config, context):
     if workers == requested:
         return config
     shared = f", shared by {context.local_size} ranks" if context.local_size > 1 else ""
-    logger.info("data.num_parallel_workers %d capped to %d: this process may use %d CPUs%s",
+    logger.info("data.num_parallel_workers %d capped to %d: this process may use %d CPU(s)%s",
                 requested, workers, cpus, shared)
     return replace(config, **{"data.num_parallel_workers": workers})
 
