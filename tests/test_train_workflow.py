@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from tests.test_train import read_state, run_train_py, scalar, shapes_config, wr
 pytestmark = pytest.mark.slow
 
 NAME = shapes_config().name
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 ITERATIONS = 60
@@ -180,3 +182,31 @@ def test_eval_every_without_a_val_split_stops_before_training(config_yaml, tmp_p
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert os.path.join(mindrecord, "val") in lines[0] and "--eval_every 0" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_data_parallel_run_validates_on_rank_0(data, config_yaml, tmp_path):
+    """Two msrun ranks on this 2-CPU host: each gets one data worker, rank 0 evaluates while
+    rank 1 waits at the next step's gradient exchange, and only rank 0 writes."""
+    from tests.test_distributed import MSRUN, VENV_BIN, free_port, tail
+    if MSRUN is None:
+        pytest.skip(f"msrun not found in {VENV_BIN} or PATH (it comes with MindSpore >= 2.3)")
+    mindrecord, _ = data
+    output_dir, log_dir = tmp_path / "run", tmp_path / "log"
+    env = dict(os.environ, PATH=os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))
+    env.pop("LOCAL_WORKER_NUM", None)
+    result = subprocess.run(
+        [MSRUN, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+         "--join=True", f"--log_dir={log_dir}", os.path.join(REPO, "train.py"), "--distribute",
+         "--config", config_yaml, "--mindrecord_dir", mindrecord, "--batch_size", "2",
+         "--num_workers", "2", "--stop_iter", "2", "--eval_every", "1", "--log_every", "1",
+         "--output_dir", str(output_dir)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    logs = [tail(os.path.join(log_dir, f"worker_{rank}.log"), 200) for rank in (0, 1)]
+    assert result.returncode == 0, result.stderr[-2000:] + "\n".join(logs)
+    assert [(line["kind"], line["iteration"]) for line in read_metrics(output_dir)] == [
+        ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
+    assert "data.num_parallel_workers 2 capped to 1: this process may use 2 CPU(s), shared " \
+           "by 2 ranks" in logs[0]
+    assert "validation at iteration 2" in logs[0] and "validation" not in logs[1]
+    assert sorted(os.listdir(output_dir)) == sorted(
+        ["config.yaml", "metrics.jsonl", f"{NAME}_best.ckpt", f"{NAME}_2.ckpt"])
