@@ -12,25 +12,34 @@
 #       MINDRECORD_DIR: --output_dir of create_mindrecord.py (holds the train split);
 #       DEVICE_TARGET: CPU (default), GPU or Ascend; the rest goes to train.py unchanged,
 #       e.g. --batch_size 4 --resume auto --opts train.lr=0.002
+#       Environment: DEVICE_ID (GPU/Ascend, default 0).
+#       Log: <output_dir>/train.log.
+#   bash scripts/run_standalone_train.sh DEVICE_ID [train.py args...]
+#       the model zoo's form (a number as the first argument): trains on device DEVICE_ID with
+#       the settings of the environment:
+#         CONFIG          variant name or YAML file (default yolact_plus_resnet50)
+#         MINDRECORD_DIR  --output_dir of create_mindrecord.py (required)
+#         DEVICE_TARGET   Ascend (default), GPU or CPU
+#       e.g. CONFIG=yolact_plus_resnet50 MINDRECORD_DIR=/data/coco_mindrecord \
+#            bash scripts/run_standalone_train.sh 0
+#       A missing or wrong setting is one error line naming the variable (exit 1).
+#       Log: <output_dir>/device<DEVICE_ID>/train.log, next to env.log (what it was started
+#       with). Unlike the zoo's script it runs in the foreground (prefix nohup, append & to
+#       detach) and does not copy the sources.
 #
-# Environment: DEVICE_ID (GPU/Ascend, default 0); PYTHON (default python).
-# Checkpoints and train.log go to --output_dir (default <repo>/output/<config name>).
+# Environment: PYTHON (default python).
+# Checkpoints go to --output_dir (default <repo>/output/<config name>).
+# Ctrl+C: train.py saves a checkpoint and exits 130; resume with --resume auto.
 
 usage() {
     echo "Usage: bash $0 [CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]]" >&2
+    echo "       bash $0 DEVICE_ID [train.py args...]   (CONFIG, MINDRECORD_DIR, DEVICE_TARGET from the environment)" >&2
     echo "       (no arguments: the synthetic CPU demo)" >&2
     exit 1
 }
 
-fail() {
-    echo "$0: error: $*" >&2
-    exit 1
-}
-
-REPO=$(realpath "$(dirname "$0")/..")
-PYTHON=${PYTHON:-python}
-command -v "$PYTHON" > /dev/null || fail "'$PYTHON' not found; activate the environment or set PYTHON"
-export ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
+ZOO=
+source "$(dirname "$0")/launcher_common.sh"
 
 prepare_demo_data() {
     local data=$REPO/data/synthetic
@@ -59,6 +68,11 @@ if [ $# -eq 0 ]; then
     DEMO=1
     prepare_demo_data
     EXTRA_ARGS=()
+elif [[ $1 =~ ^[0-9]+$ ]]; then
+    ZOO=1
+    export DEVICE_ID=$1 RANK_ID=0 RANK_SIZE=1
+    EXTRA_ARGS=("${@:2}")
+    settings_from_env
 elif [ $# -eq 1 ]; then
     usage
 else
@@ -66,15 +80,8 @@ else
     MINDRECORD_DIR=$2
     DEVICE_TARGET=${3:-CPU}
     EXTRA_ARGS=("${@:4}")
-    case $CONFIG in
-        *.yaml|*.yml)
-            [ -f "$CONFIG" ] || fail "config file $CONFIG does not exist"
-            CONFIG=$(realpath "$CONFIG") ;;
-    esac
-    [ -d "$MINDRECORD_DIR" ] || fail "MINDRECORD_DIR $MINDRECORD_DIR does not exist"
-    MINDRECORD_DIR=$(realpath "$MINDRECORD_DIR")
-    [ -f "$MINDRECORD_DIR/train/dataset_info.json" ] \
-        || fail "$MINDRECORD_DIR has no train split ($MINDRECORD_DIR/train/dataset_info.json); run create_mindrecord.py --split train"
+    resolve_config
+    check_mindrecord_dir
 fi
 
 case $DEVICE_TARGET in
@@ -85,21 +92,15 @@ if [ "$DEVICE_TARGET" != CPU ]; then
     export DEVICE_ID=${DEVICE_ID:-0}
 fi
 
-# The output folder: train.py's --output_dir when given (the last one wins, as in argparse).
-CONFIG_NAME=$(basename "$CONFIG")
-OUTPUT_DIR=$REPO/output/${CONFIG_NAME%.*}
-for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
-    case ${EXTRA_ARGS[i]} in
-        --output_dir) OUTPUT_DIR=${EXTRA_ARGS[i + 1]} ;;
-        --output_dir=*) OUTPUT_DIR=${EXTRA_ARGS[i]#--output_dir=} ;;
-    esac
-done
-[ -n "$OUTPUT_DIR" ] || usage
-mkdir -p "$OUTPUT_DIR" || fail "cannot create the output folder $OUTPUT_DIR"
-OUTPUT_DIR=$(realpath "$OUTPUT_DIR")
-LOG=$OUTPUT_DIR/train.log
-
-echo "training $CONFIG on $DEVICE_TARGET with $MINDRECORD_DIR; log: $LOG"
+resolve_output_dir
+if [ -n "$ZOO" ]; then
+    write_env_log "$OUTPUT_DIR/device$DEVICE_ID"
+    LOG=$OUTPUT_DIR/device$DEVICE_ID/train.log
+    echo "training $CONFIG on $DEVICE_TARGET device $DEVICE_ID with $MINDRECORD_DIR; log: $LOG"
+else
+    LOG=$OUTPUT_DIR/train.log
+    echo "training $CONFIG on $DEVICE_TARGET with $MINDRECORD_DIR; log: $LOG"
+fi
 TRAIN_START=$SECONDS
 # tee ignores Ctrl+C, so that it still records train.py saving its checkpoint and stopping.
 "$PYTHON" "$REPO/train.py" --config "$CONFIG" --mindrecord_dir "$MINDRECORD_DIR" \
