@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from src.runtime import set_cpu_env_defaults
+import src  # noqa: F401  (the CPU environment defaults)
 
 
 def parse_args(argv=None):
@@ -48,7 +48,6 @@ def interrupt(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
-    set_cpu_env_defaults()
     # A broken image is our one error line; OpenCV would print its own warning first (it reads
     # this variable when it loads).
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -57,7 +56,7 @@ def main(argv=None):
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
     try:
-        # After the CPU defaults and inside the handlers' reach: this imports MindSpore (~1 s).
+        # Inside the handlers' reach: this imports MindSpore (~1 s).
         from src.data.mindrecord import check_output_available, write_mindrecord
 
         check_output_available(args.output_dir, args.split, args.overwrite)

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from src.config.options import ConfigOptions
-from src.runtime import add_device_argument, set_cpu_env_defaults
+from src.runtime import add_device_argument
 
 OPTIONS = ConfigOptions(flags={"batch_size": "eval.batch_size"}, sections=("eval",))
 
@@ -32,8 +32,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    set_cpu_env_defaults()
-    # After the CPU defaults: these import MindSpore.
+    # Imported once the arguments are parsed: these load MindSpore.
     from src.checkpoint import CheckpointError
     from src.config.load import ConfigError, load_config
     from src.inference.export import VERIFY_TOLERANCE, DeployError, export_checkpoint

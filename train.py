@@ -8,7 +8,7 @@ import signal
 import sys
 
 from src.config.options import ConfigOptions
-from src.runtime import CompileDumps, add_device_argument, set_cpu_env_defaults
+from src.runtime import CompileDumps, add_device_argument
 
 OPTIONS = ConfigOptions(
     flags={"mindrecord_dir": "run.mindrecord_dir", "output_dir": "run.output_dir",
@@ -41,7 +41,6 @@ def interrupt_on_sigterm(signum, frame):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    set_cpu_env_defaults()
     signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     from src.checkpoint import CheckpointError
     from src.config.load import ConfigError, load_config

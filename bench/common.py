@@ -3,7 +3,7 @@ processes they measure in, their common command-line options, the machine line, 
 ratio helpers, the config a bench measures, and the DCN layer comparison.
 
 Import this module before MindSpore: importing it sets the CPU environment defaults
-(``src.runtime.set_cpu_env_defaults``; oneDNN reads them once, when MindSpore loads) and turns
+(importing ``src`` applies ``src.runtime.set_cpu_env_defaults``) and turns
 the graph compile cache off (compile times are reported: a cached graph would hide them).
 The scripts put the repository root on ``sys.path`` first, so that ``bench`` and ``src``
 import.
@@ -19,9 +19,8 @@ import subprocess
 import sys
 import time
 
-from src.runtime import set_cpu_env_defaults
+import src  # noqa: F401  (the CPU environment defaults, before MindSpore loads)
 
-set_cpu_env_defaults()
 os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 
 import numpy as np  # noqa: E402

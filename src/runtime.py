@@ -1,22 +1,58 @@
 """Where a process runs: CPU environment defaults, device, graph mode and the distributed
-group. Used by every entry script and by the inference API; MindSpore is imported inside the
-functions, so that ``set_cpu_env_defaults`` can run before it loads."""
+group. Importing the ``src`` package applies the CPU defaults (``set_cpu_env_defaults``);
+MindSpore is imported inside the functions, so that they apply before it runs anything."""
 import glob
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+ISA_VARIABLE, ISA_CAP = "ONEDNN_MAX_CPU_ISA", "AVX2"
+# oneDNN's dnnl_cpu_isa_t values carry this bit for every AVX-512 (and AVX10/AMX) level.
+_AVX512_BIT = 0x20
+_isa_warning_given = False
 
 
 def set_cpu_env_defaults():
     """Default ``ONEDNN_MAX_CPU_ISA=AVX2`` without overriding a value the user set.
 
-    On AVX-512 CPUs, MindSpore's oneDNN convolutions were measured 30-100x slower
-    unless the ISA is capped at AVX2; on AVX2-only CPUs the setting changes nothing.
-    oneDNN reads the variable once, when MindSpore loads, so entry points call this
-    before ``import mindspore``.
+    On AVX-512 CPUs, MindSpore's oneDNN convolutions were measured 30-100x slower unless the
+    ISA is capped at AVX2 (their plain NCHW layouts get a reference kernel); on AVX2-only CPUs
+    the setting changes nothing. oneDNN reads the variable when MindSpore creates its first
+    CPU kernel, after which it is too late: that case (MindSpore ran before ``src`` was
+    imported) is detected and warned about once, with the fix.
     """
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    os.environ.setdefault(ISA_VARIABLE, ISA_CAP)
+    if "mindspore" in sys.modules and os.environ[ISA_VARIABLE] == ISA_CAP:
+        _warn_if_isa_is_above_the_cap()
+
+
+def effective_onednn_isa():
+    """oneDNN's ``dnnl_cpu_isa_t`` in effect in this process (fixed from the first call on),
+    or None when MindSpore's oneDNN library cannot be found."""
+    import ctypes
+
+    import mindspore
+
+    path = os.path.join(os.path.dirname(mindspore.__file__), "lib", "libdnnl.so.3")
+    try:
+        library = ctypes.CDLL(path)
+    except OSError:
+        return None
+    return int(library.dnnl_get_effective_cpu_isa())
+
+
+def _warn_if_isa_is_above_the_cap():
+    global _isa_warning_given
+    isa = effective_onednn_isa()
+    if isa is not None and isa & _AVX512_BIT and not _isa_warning_given:
+        _isa_warning_given = True
+        warnings.warn(
+            f"{ISA_VARIABLE}={ISA_CAP} came too late: MindSpore already runs its CPU kernels "
+            f"with AVX-512 in this process, where its convolutions are 30-100x slower; set "
+            f"{ISA_VARIABLE}={ISA_CAP} in the environment before starting Python, or import "
+            f"src before running any MindSpore op", RuntimeWarning, stacklevel=3)
 
 
 def add_device_argument(parser):

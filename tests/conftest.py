@@ -4,9 +4,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.runtime import set_cpu_env_defaults  # noqa: E402
+import src  # noqa: E402,F401  (the CPU environment defaults, before MindSpore loads)
 
-set_cpu_env_defaults()
 # The compile cache can silently reuse a stale graph when arguments change.
 os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.runtime import set_cpu_env_defaults  # noqa: E402
+import src  # noqa: E402,F401  (the CPU environment defaults)
 
 
 def main(argv=None):
@@ -26,7 +26,6 @@ def main(argv=None):
     parser.add_argument("--backbone", action="store_true",
                         help="the source is an ImageNet ResNet: write backbone.* only")
     args = parser.parse_args(argv)
-    set_cpu_env_defaults()
     from src.config.load import ConfigError, load_config
     from src.utils.weights import (WeightConversionError, convert, load_torch_state_dict,
                                    require_ckpt_suffix, summary_lines, write_checkpoint)
