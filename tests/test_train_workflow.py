@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -210,3 +211,15 @@ def test_data_parallel_run_validates_on_rank_0(data, config_yaml, tmp_path):
     assert "validation at iteration 2" in logs[0] and "validation" not in logs[1]
     assert sorted(os.listdir(output_dir)) == sorted(
         ["config.yaml", "metrics.jsonl", f"{NAME}_best.ckpt", f"{NAME}_2.ckpt"])
+
+
+def test_the_run_plots(validated_run, tmp_path):
+    validated, _, _ = validated_run
+    out = tmp_path / "run.png"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_metrics.py"),
+                             str(validated), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "  Losses: box 3, class 3, mask 3, semantic 3, maskiou 3, total 3" in result.stdout
+    assert "  AP (%): box AP 3, mask AP 3" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,8 +23,10 @@ import os
 import sys
 import tempfile
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_ORDER = ("box", "class", "mask", "semantic", "maskiou")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.train.run_record import LOSS_KEYS, METRICS_FILE  # noqa: E402  (no MindSpore import)
+
 # 1200 x 800 px: four panels that stay readable side by side.
 FIGURE_INCHES = (12.0, 8.0)
 DPI = 100
@@ -147,7 +149,7 @@ def _ap_percent(key):
 def panel_series(train, evals):
     """[(title, y label, log scale, {curve: (iterations, values)}, note when empty)] of the
     four panels."""
-    terms = [term for term in LOSS_ORDER if any(term in r["losses"] for r in train)]
+    terms = [term for term in LOSS_KEYS if any(term in r["losses"] for r in train)]
     terms += sorted({term for r in train for term in r["losses"]} - set(terms))
     losses = {term: _points([r for r in train if term in r["losses"]],
                             lambda r, t=term: r["losses"][t]) for term in terms}
