@@ -5,6 +5,8 @@
 the ``InferenceNet`` graph (``src.inference.net``), and the host-side end: masks resized to
 the original image and binarised, boxes turned into integer pixels.
 """
+import contextlib
+
 import numpy as np
 from mindspore import Tensor
 
@@ -17,7 +19,7 @@ from src.postprocess.masks import boxes_to_image, mask_windows
 from src.runtime import init_context
 
 
-def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
+def detections_to_image(outputs, index, height, width, mask_threshold=0.5, timer=None):
     """One image's slice of ``InferenceNet`` outputs (numpy) -> its detections in pixels.
 
     The masks stay as windows (``MaskWindows``): the COCO evaluation encodes them as RLE
@@ -27,20 +29,26 @@ def detections_to_image(outputs, index, height, width, mask_threshold=0.5):
         outputs: tuple of numpy arrays as ``InferenceNet`` returns them.
         index: the image's position in the batch.
         height, width: its original size in pixels.
+        timer: optional ``timer(stage)`` context manager timing the stages "boxes" and
+            "masks to image" (``src.evaluation.pipeline.StageTimes``).
 
     Returns:
         dict of ``boxes [N,4] int64`` (original pixels), ``classes [N]``, ``box_scores [N]``,
         ``mask_scores [N]``, ``masks`` (``MaskWindows`` of N masks), sorted by box score.
     """
-    boxes, classes, box_scores, mask_scores, masks, valid = (o[index] for o in outputs)
-    keep = np.flatnonzero(valid)
-    return {
-        "boxes": boxes_to_image(boxes[keep], width, height),
-        "classes": classes[keep].astype(np.int64),
-        "box_scores": box_scores[keep].astype(np.float32),
-        "mask_scores": mask_scores[keep].astype(np.float32),
-        "masks": mask_windows(masks[keep], height, width, mask_threshold),
-    }
+    timer = timer or (lambda stage: contextlib.nullcontext())
+    with timer("boxes"):
+        boxes, classes, box_scores, mask_scores, masks, valid = (o[index] for o in outputs)
+        keep = np.flatnonzero(valid)
+        detections = {
+            "boxes": boxes_to_image(boxes[keep], width, height),
+            "classes": classes[keep].astype(np.int64),
+            "box_scores": box_scores[keep].astype(np.float32),
+            "mask_scores": mask_scores[keep].astype(np.float32),
+        }
+    with timer("masks to image"):
+        detections["masks"] = mask_windows(masks[keep], height, width, mask_threshold)
+    return detections
 
 
 def with_dense_masks(detections):

@@ -5,6 +5,7 @@ box on the prototype grid (S = 138 at max_size 550), then the YOLACT++ mask scor
 host (numpy / OpenCV): masks resized to the original image and binarised, boxes turned into
 integer pixel corners — the authors' ``postprocess`` in ``layers/output_utils.py``.
 """
+import cv2
 import numpy as np
 from mindspore import nn, ops
 from pycocotools import mask as mask_utils
@@ -163,9 +164,18 @@ class MaskWindows:
         keep = starts < total
         keep[joined] = keep[joined + 1] = False
         starts, owner = starts[keep], owner[keep]
-        bounds = np.searchsorted(owner, np.arange(len(self) + 1))
-        return [np.diff(starts[bounds[i]:bounds[i + 1]], prepend=0, append=total)
-                for i in range(len(self))]
+        # Mask i's runs: its starts' differences from 0, then the rest of the image; laid
+        # out one mask after the other (each has one run more than starts).
+        count = len(self)
+        group = np.searchsorted(owner, np.arange(count + 1))           # [D + 1] into starts
+        previous = np.concatenate(([0], starts))[:-1]
+        previous[group[:-1][group[:-1] < group[1:]]] = 0
+        runs = np.empty(len(starts) + count, np.int64)
+        runs[np.arange(len(starts)) + owner] = starts - previous
+        last_start = np.where(group[1:] > group[:-1], np.append(starts, 0)[group[1:] - 1], 0)
+        ends = group[1:] + np.arange(count)
+        runs[ends] = total - last_start
+        return np.split(runs, ends[:-1] + 1)
 
     def to_rle(self):
         """Compressed COCO RLEs ``{"size": [height, width], "counts": bytes}``, one per mask,
@@ -174,7 +184,7 @@ class MaskWindows:
             return []
         size = [self.height, self.width]
         return mask_utils.frPyObjects(
-            [{"size": size, "counts": counts.tolist()} for counts in self.rle_counts()],
+            [{"size": size, "counts": counts} for counts in self.rle_counts()],
             self.height, self.width)
 
 
@@ -218,36 +228,52 @@ def mask_windows(masks, height, width, threshold=0.5):
     else:
         x_low, x_high, x_w0, x_w1 = _linear_taps(width, src_width, clamp_weights=True)
         y_low, y_high, y_w0, y_w1 = _linear_taps(height, src_height, clamp_weights=False)
+        y_w0, y_w1 = y_w0[:, None], y_w1[:, None]
     # Non-zero source cells -> output pixels with a tap on one of them.
-    r1, r2 = _true_spans(masks.any(2))
-    c1, c2 = _true_spans(masks.any(1))
+    nonzero = masks != 0
+    r1, r2 = _true_spans(nonzero.any(2))
+    c1, c2 = _true_spans(nonzero.any(1))
     found = r2 > 0
     x1, x2 = np.searchsorted(x_high, c1), np.searchsorted(x_low, c2 - 1, side="right")
     y1, y2 = np.searchsorted(y_high, r1), np.searchsorted(y_low, r2 - 1, side="right")
     corners = np.where(found[:, None], np.stack((x1, y1, x2, y2), axis=1), 0)
     windows = MaskWindows(height, width, corners)
-    for index in np.flatnonzero(found & (x2 > x1) & (y2 > y1)):
+    todo = np.flatnonzero(found & (x2 > x1) & (y2 > y1))
+    # Work arrays reused by every window: fresh large arrays would cost their page faults
+    # on every mask, more than the arithmetic.
+    largest = max((int((x2[i] - x1[i]) * (y2[i] - y1[i])) for i in todo), default=0)
+    work = np.empty((2, largest), np.float32)
+    binary = np.empty(largest, np.uint8)
+    for index in todo:
         cols, rows = slice(x1[index], x2[index]), slice(y1[index], y2[index])
         top = y_low[rows.start]
-        source = masks[index, top:y_high[rows.stop - 1] + 1]       # [source rows, S]
-        left, right = source[:, x_low[cols]], source[:, x_high[cols]]
+        # Source columns x source rows: the column taps become row gathers (fast).
+        source = cv2.transpose(masks[index, top:y_high[rows.stop - 1] + 1])
+        left, right = source[x_low[cols]], source[x_high[cols]]   # [columns, source rows]
         low, high = y_low[rows] - top, y_high[rows] - top
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        values, lower = (w[:shape[0] * shape[1]].reshape(shape) for w in work)
         if halving:
+            left, right = left.T, right.T
             # OpenCV's order: top-left + top-right + bottom-left + bottom-right, then x 1/4.
-            values = left[low] + right[low]
+            np.add(left[low], right[low], out=values)
             values += left[high]
             values += right[high]
             values *= np.float32(0.25)
         else:
-            left *= x_w0[cols]
-            right *= x_w1[cols]
-            left += right                               # [source rows, columns] horizontal pass
-            values = left[low]
-            values *= y_w0[rows, None]
-            lower = left[high]
-            lower *= y_w1[rows, None]
+            left *= x_w0[cols, None]
+            right *= x_w1[cols, None]
+            left += right
+            left = cv2.transpose(left)                  # [source rows, columns] horizontal pass
+            np.take(left, low, axis=0, out=values, mode="clip")
+            values *= y_w0[rows]
+            np.take(left, high, axis=0, out=lower, mode="clip")
+            lower *= y_w1[rows]
             values += lower                             # [rows, columns]
-        np.greater(values.T, threshold, out=windows.columns(index))
+        above = binary[:values.size].reshape(shape)
+        np.greater(values, threshold, out=above.view(bool))
+        # OpenCV's blocked transpose: numpy's strided one costs more than the arithmetic.
+        windows.columns(index)[...] = cv2.transpose(above).view(bool)
     return windows
 
 
