@@ -209,6 +209,11 @@ def mask_windows(masks, height, width, threshold=0.5):
     the window whose taps reach a non-zero source cell is computed: outside it every tap is
     zero, so the resized value is 0, never above a threshold >= 0.
 
+    The generic path is the one OpenCV runs on 2 or 5 and more channels; on 1, 3 or 4 it
+    runs Intel IPP or other SIMD kernels whose roundings differ by up to ~1e-5, so resizing
+    the stack of masks at once made a mask's pixels depend on the number of detections of
+    its image. Here every mask gets the generic path.
+
     Args:
         masks: [D, S, S] float32 cropped soft masks (zero outside their boxes).
         height, width: original image size in pixels.
