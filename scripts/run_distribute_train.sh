@@ -170,6 +170,8 @@ LOG_DIR=$OUTPUT_DIR/log
 [ -n "$ZOO" ] || mkdir -p "$LOG_DIR" || fail "cannot create the log folder $LOG_DIR"
 TRAIN_ARGS=(--config "$CONFIG" --mindrecord_dir "$MINDRECORD_DIR" --device_target "$DEVICE_TARGET"
             --distribute --output_dir "$OUTPUT_DIR" "${EXTRA_ARGS[@]}")
+# The ranks of this machine share its CPUs: train.py fits its data workers to its share.
+export LOCAL_WORKER_NUM=$NUM_DEVICES
 
 if [ -n "$RANK_TABLE_FILE" ]; then
     export RANK_TABLE_FILE RANK_SIZE

@@ -134,14 +134,25 @@ def init_context(device_target="CPU", distributed=False):
         raise ValueError(f"--device_target '{device_target}': expected one of "
                          f"{', '.join(DEVICE_TARGETS)}")
     import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
+    from mindspore.communication import GlobalComm, get_group_size, get_rank, init
 
+    if GlobalComm.INITED:
+        # Joined earlier in this process (eval.py --distribute, before its Detector asks
+        # again): the device is set, and MindSpore refuses to set it a second time.
+        group_size = get_group_size()
+        return RunContext(device_target, True, get_rank(), group_size,
+                          local_size_from_env(group_size))
     ms.set_context(mode=ms.GRAPH_MODE)
     device_id = device_id_from_env(device_target)
-    if device_id is None:
-        ms.set_device(device_target)
-    else:
-        ms.set_device(device_target, device_id)
+    try:
+        if device_id is None:
+            ms.set_device(device_target)
+        else:
+            ms.set_device(device_target, device_id)
+    except RuntimeError as error:
+        # MindSpore's report runs to dozens of lines; its first says what is missing.
+        raise ValueError(f"--device_target {device_target}: cannot use the device "
+                         f"({str(error).strip().splitlines()[0]})") from None
     if not distributed:
         return RunContext(device_target, False)
     init()

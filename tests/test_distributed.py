@@ -32,8 +32,6 @@ STEPS = 3
 DRIVER = """\
 import sys
 sys.path.insert(0, {repo!r})
-from src.runtime import set_cpu_env_defaults
-set_cpu_env_defaults()
 from src.runtime import init_context
 from src.train.trainer import train
 from src.utils.logger import setup_logger
