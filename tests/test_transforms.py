@@ -181,6 +181,14 @@ def test_normalise_known_pixel_gives_rgb_values():
     np.testing.assert_allclose(out[:, 0, 0], [-2.1178082, -2.0444678, -1.8114326], rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_normalise_equals_the_whole_image_formula_bit_for_bit(dtype):
+    from src.data.transforms import MEAN_BGR, STD_BGR
+    image = np.random.default_rng(3).uniform(0, 255, (37, 53, 3)).astype(dtype)
+    expected = ((image.astype(np.float32) - MEAN_BGR) / STD_BGR)[:, :, ::-1].transpose(2, 0, 1)
+    np.testing.assert_array_equal(normalize_image(image), expected)
+
+
 def test_eval_transform_resizes_the_float_image_bilinearly():
     image = np.zeros((2, 2, 3), np.uint8)
     image[:, 1] = 101
