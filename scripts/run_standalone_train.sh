@@ -5,8 +5,9 @@
 #       the built-in CPU demo: generates the synthetic shapes data set in <repo>/data/synthetic,
 #       converts it to MindRecord in <repo>/data/synthetic_mindrecord (each step only when
 #       its output is missing or older than its input),
-#       trains the yolact_plus_demo config on CPU from scratch, then evaluates the last
-#       checkpoint on the synthetic val split and prints its box and mask AP.
+#       trains the yolact_plus_demo config on CPU from scratch, validating every 400
+#       iterations (its best checkpoint kept), evaluates the last checkpoint on the synthetic
+#       val split with eval.py, prints its box and mask AP and plots the run (metrics.png).
 #   bash scripts/run_standalone_train.sh CONFIG MINDRECORD_DIR [DEVICE_TARGET] [train.py args...]
 #       CONFIG: a variant name (src/config/variants.py) or a YAML file;
 #       MINDRECORD_DIR: --output_dir of create_mindrecord.py (holds the train split);
@@ -67,7 +68,7 @@ if [ $# -eq 0 ]; then
     DEVICE_TARGET=CPU
     DEMO=1
     prepare_demo_data
-    EXTRA_ARGS=()
+    EXTRA_ARGS=(--eval_every 400)
 elif [[ $1 =~ ^[0-9]+$ ]]; then
     ZOO=1
     export DEVICE_ID=$1 RANK_ID=0 RANK_SIZE=1
@@ -121,4 +122,6 @@ echo "evaluating $CKPT on the synthetic val split; log: $OUTPUT_DIR/eval.log"
 "$PYTHON" "$REPO/eval.py" --config "$CONFIG" --ckpt "$CKPT" --device_target CPU \
     --ann_file "$REPO/data/synthetic/annotations/instances_val.json" \
     --mindrecord_dir "$MINDRECORD_DIR" --split val 2>&1 | tee "$OUTPUT_DIR/eval.log"
-exit "${PIPESTATUS[0]}"
+STATUS=${PIPESTATUS[0]}
+[ "$STATUS" -eq 0 ] || exit "$STATUS"
+"$PYTHON" "$REPO/tools/plot_metrics.py" "$OUTPUT_DIR"
