@@ -51,8 +51,11 @@ def _first_error(compiler_output):
 
 
 @functools.lru_cache(maxsize=None)
-def library_path(name):
+def library_path(name, link_flags=()):
     """Path of the compiled ``<name>.cc`` of this folder, compiling it if needed.
+
+    ``link_flags`` (a tuple: include and library folders, libraries) follow the source on the
+    compiler's command line and are part of the library's hash.
 
     Raises:
         KernelBuildError: no C++ compiler, an unwritable cache folder, or the compiler failed
@@ -67,7 +70,8 @@ def library_path(name):
             "(MindSpore primitives only, slower on CPU).")
     with open(source, "rb") as handle:
         code = handle.read()
-    digest = hashlib.sha256(code + " ".join(COMPILE_FLAGS).encode() + compiler.encode()
+    digest = hashlib.sha256(code + " ".join(COMPILE_FLAGS + link_flags).encode()
+                            + compiler.encode()
                             + _cpu_signature().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{digest}.so")
     if os.path.exists(target):
@@ -81,7 +85,8 @@ def library_path(name):
             "YOLACT_KERNEL_CACHE to a writable folder, or use model.kernels=portable") from None
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, source],
+        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", temporary, source,
+                                 *link_flags],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise KernelBuildError(f"compiling {source} failed ({compiler}): "

@@ -2,16 +2,18 @@
 
 Models are built from plain cells (``nn.Conv2d``, the primitives DCN). ``resolve_kernels``
 decides from ``model.kernels`` and the device whether the kernels are used (compiling them
-first, so that a failure is known before anything is built), and ``apply_cpu_kernels``
-then swaps them in: every DCN switches to the C++ sampling kernel, and every 3x3 stride-1
-conv with bias outside the backbone becomes a ``WinogradConv2d`` on the same Parameters
-(the backbone keeps MindSpore's conv, like the stock ResNet-50 the benchmarks compare with).
-Names, parameters and results stay those of the portable model.
+first, so that a failure is known before anything is built, a missing BLAS included), and
+``apply_cpu_kernels`` then swaps them in: every DCN switches to the C++ sampling kernel and
+the BLAS matmul, every 3x3 stride-1 conv with bias outside the backbone becomes a
+``WinogradConv2d`` and every other conv a ``GemmConv2d`` (im2col + BLAS sgemm), both on the
+same Parameters. Names and parameters stay those of the portable model, results equal it
+within float32 rounding.
 """
 import functools
 import warnings
 
 from src.kernels.build import KernelBuildError, library_path
+from src.kernels.conv_gemm import GemmConv2d, conv_gemm_library
 from src.kernels.winograd import WinogradConv2d
 from src.model.dcn import ModulatedDeformConv2d
 
@@ -23,7 +25,7 @@ def resolve_kernels(setting, device_target):
     ``device_target``.
 
     ``auto``: on the CPU device when the kernels compile; any build failure (no compiler, no
-    OpenMP, a compile error) warns once and gives the portable model. ``cpu``: the kernels
+    OpenMP, no BLAS wheel, a compile error) warns once and gives the portable model. ``cpu``: the kernels
     or an error. ``portable``: never.
 
     Raises:
@@ -37,6 +39,7 @@ def resolve_kernels(setting, device_target):
     try:
         for name in LIBRARIES:
             library_path(name)
+        conv_gemm_library()
     except KernelBuildError as error:
         if setting == "cpu":
             raise
@@ -63,20 +66,23 @@ def apply_cpu_kernels(model):
             cell.use_cpu_kernel()
             count += 1
     for child_name, child in model.name_cells().items():
-        if child_name != "backbone":
-            count += _replace_convs(child)
+        count += _replace_convs(child, winograd=child_name != "backbone")
     return count
 
 
-def _replace_convs(parent):
-    """Replace every Winograd-shaped conv below ``parent`` by its Winograd form."""
+def _replace_convs(parent, winograd):
+    """Replace every conv below ``parent`` by its Winograd form (when ``winograd`` and it
+    fits) or its GEMM form (when it fits)."""
     count = 0
     for name, child in list(parent.name_cells().items()):
-        if WinogradConv2d.fits(child):
+        if winograd and WinogradConv2d.fits(child):
             _set_child(parent, name, WinogradConv2d.from_conv(child))
             count += 1
+        elif GemmConv2d.fits(child):
+            _set_child(parent, name, GemmConv2d.from_conv(child))
+            count += 1
         else:
-            count += _replace_convs(child)
+            count += _replace_convs(child, winograd)
     return count
 
 

@@ -2,8 +2,8 @@
 
 MindSpore's CPU conv computes a 3x3 conv directly; Winograd F(2x2, 3x3) needs 16 products
 per 2x2 output tile instead of 36, so the 16 batched matrix products between the C++ input
-and output transforms (``winograd.cc``) do 2.25x fewer multiply-adds. The result equals the
-direct conv up to float32 rounding.
+and output transforms (``winograd.cc``) do 2.25x fewer multiply-adds; they run on the BLAS
+sgemm of ``conv_gemm.py``. The result equals the direct conv up to float32 rounding.
 """
 import functools
 
@@ -12,6 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.kernels.build import library_path
+from src.kernels.conv_gemm import matmul_op
 
 TILE_ELEMENTS = 16
 # Kernel transform G of F(2x2, 3x3): U = G g G^T for a 3x3 kernel g.
@@ -84,7 +85,7 @@ class WinogradConv2d(nn.Cell):
         self.bias = bias
         self.kernel_transform = ms.Tensor(np.kron(KERNEL_TRANSFORM, KERNEL_TRANSFORM))  # [16, 9]
         self.input_transform, self.output_transform = winograd_ops()
-        self.batch_matmul = ops.BatchMatMul()
+        self.batch_matmul = matmul_op()
 
     @staticmethod
     def fits(conv):
