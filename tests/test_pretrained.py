@@ -7,7 +7,6 @@ train.py's errors.
 The tiny models of ``tests.conftest.tiny_config`` are built, never run: no graph compiles
 except in train.py's subprocess.
 """
-import os
 
 import mindspore as ms
 import numpy as np
@@ -159,22 +158,3 @@ def test_converted_authors_weights_start_a_three_class_r50(tmp_path):
     for name, param in model.parameters_and_names():
         expected = fresh_params[name].asnumpy() if name in CLASS_DEPENDENT else arrays[name]
         np.testing.assert_array_equal(param.asnumpy(), expected, err_msg=name)
-
-
-@pytest.mark.slow
-def test_train_py_with_a_missing_pretrained_file_is_one_line(tmp_path):
-    from tests.test_train import (error_lines, run_train_py, shapes_config,
-                                  write_config_yaml, write_synthetic_mindrecord)
-
-    mindrecord = write_synthetic_mindrecord(str(tmp_path / "data"), 2, seed=0)
-    config = write_config_yaml(tmp_path / "tiny.yaml", shapes_config())
-    missing = str(tmp_path / "no_such.ckpt")
-    args = ["--config", config, "--mindrecord_dir", mindrecord, "--batch_size", "2",
-            "--output_dir", str(tmp_path / "out"), "--pretrained", missing]
-    expected = f"train.py: error: {missing}: checkpoint file not found"
-    result = run_train_py(args)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not os.path.exists(tmp_path / "out")

@@ -303,7 +303,8 @@ def error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("train.py: error:")]
 
 
-@pytest.mark.parametrize("case", ["missing_mindrecord", "unknown_key", "not_a_training_checkpoint"])
+@pytest.mark.parametrize("case", ["missing_mindrecord", "unknown_key", "not_a_training_checkpoint",
+                                  "missing_pretrained"])
 def test_train_py_bad_input_exits_2_with_one_error_line(case, six_images, tiny_yaml, tmp_path):
     args = ["--config", tiny_yaml, "--mindrecord_dir", six_images, "--batch_size", "2",
             "--output_dir", str(tmp_path / "out")]
@@ -314,6 +315,10 @@ def test_train_py_bad_input_exits_2_with_one_error_line(case, six_images, tiny_y
     elif case == "unknown_key":
         args += ["--opts", "train.no_such_key=1"]
         expected = "unknown config key 'train.no_such_key'"
+    elif case == "missing_pretrained":
+        missing = str(tmp_path / "no_such.ckpt")
+        args += ["--pretrained", missing]
+        expected = f"train.py: error: {missing}: checkpoint file not found"
     else:
         # Converted weights (model parameters only) passed where a training checkpoint belongs.
         weights = str(tmp_path / "backbone.ckpt")
