@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from src.config.options import ConfigOptions
-from src.runtime import add_device_argument, set_cpu_env_defaults
+from src.runtime import add_device_argument, init_context
 
 OPTIONS = ConfigOptions(
     flags={"batch_size": "eval.batch_size", "draw_score_threshold": "draw.score_threshold",
@@ -32,9 +32,14 @@ def build_parser():
     coco.add_argument("--split", default="val", help="MindRecord split to read")
     coco.add_argument("--max_images", type=int, default=0, help="evaluate only the first N images")
     coco.add_argument("--output_json", default="",
-                      help="write results to PREFIX_bbox.json and PREFIX_segm.json")
+                      help="write results to PREFIX_bbox.json and PREFIX_segm.json (default "
+                           "eval_results/<ann_file name> where files are needed)")
     coco.add_argument("--benchmark", action="store_true",
                       help="time the stages and print FPS instead of computing AP")
+    coco.add_argument("--classwise", action="store_true",
+                      help="also AP per class, printed and written to PREFIX_classwise.json/.csv")
+    coco.add_argument("--distribute", action="store_true",
+                      help="under msrun: each rank detects every N-th image, rank 0 evaluates")
     media = parser.add_argument_group("pictures (drawn with the draw.* keys)")
     media.add_argument("--image", help="IN.jpg:OUT.png")
     media.add_argument("--images", help="IN_DIR:OUT_DIR")
@@ -51,23 +56,40 @@ def parse_args(argv=None):
         parser.error("--ann_file needs --image_dir or --mindrecord_dir")
     if args.benchmark and args.mindir:
         parser.error("--benchmark times the network stages of a checkpoint; use --ckpt")
+    if (args.classwise or args.distribute) and not args.ann_file:
+        parser.error("--classwise and --distribute need --ann_file (a COCO evaluation)")
+    if args.benchmark and (args.classwise or args.distribute):
+        parser.error("--benchmark times one device and computes no AP; drop --classwise and "
+                     "--distribute")
+    if args.distribute and (args.image or args.images or args.video):
+        parser.error("--distribute shards a COCO evaluation; draw pictures on one device")
     return args
 
 
 def run(args):
+    """Returns the COCO evaluation's {"bbox": {AP, ...}, "segm": {...}}, or None (no
+    --ann_file, --benchmark, a split without annotations, ranks > 0 of --distribute)."""
     from src.config.load import load_config
     from src.evaluation.evaluate import (prepare_coco_evaluation, run_benchmark,
                                          run_coco_evaluation)
+    from src.evaluation.sharding import check_launcher
     from src.inference import Detector, ExportedDetector
     from src.inference.annotate import (annotate_folder, annotate_image, annotate_video,
                                         split_pair)
 
     config = load_config(args.config, args.opts, OPTIONS.given(args))
+    distributed = None
+    if args.distribute:
+        # First: msrun runs this script in its scheduler process too, which stays in init().
+        check_launcher()
+        context = init_context(args.device_target, distributed=True)
+        distributed = (context.rank, context.group_size)
     # Before the model is built: a wrong annotation file, image or output place is reported
     # in seconds, not after every image was detected.
     evaluation = prepare_coco_evaluation(
         args.ann_file, config.data.class_names, args.image_dir, args.mindrecord_dir, args.split,
-        args.max_images, args.output_json) if args.ann_file else None
+        args.max_images, args.output_json, classwise=args.classwise, algorithm=config.name,
+        distributed=distributed) if args.ann_file else None
     if args.mindir:
         detector = ExportedDetector(args.mindir, config, args.device_target)
     else:
@@ -87,12 +109,12 @@ def run(args):
     if evaluation is not None and args.benchmark:
         run_benchmark(detector, evaluation)
     elif evaluation is not None:
-        run_coco_evaluation(detector, evaluation)
+        return run_coco_evaluation(detector, evaluation)
+    return None
 
 
 def main(argv=None):
     args = parse_args(argv)
-    set_cpu_env_defaults()
     from src.checkpoint import CheckpointError
     from src.config.load import ConfigError
     from src.data.coco import DatasetError

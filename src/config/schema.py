@@ -167,6 +167,10 @@ class EvalConfig:
                                     minimum=0.0, maximum=1.0)
     batch_size: int = setting(1, "images per network call of eval.py, and the input batch of "
                                  "an exported graph (a MINDIR keeps its own)", minimum=1)
+    host_threads: int = setting(
+        -1, "threads of eval.py's COCO evaluation that decode, preprocess and encode results "
+            "beside the network (0: between network calls; -1: 0 on a CPU device, whose "
+            "network takes every core, else up to 4)", minimum=-1)
 
 
 @dataclass(frozen=True)

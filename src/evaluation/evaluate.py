@@ -19,9 +19,13 @@ from pycocotools.coco import COCO
 from src.data.coco import CategoryMap, DatasetError
 from src.data.dataset import read_image
 from src.data.mindrecord import INFO_FILE, field_bytes, read_dataset_info, shard_paths, split_dir
-from src.evaluation.coco_eval import CocoEvaluator, format_results_table, results_paths
+from src.evaluation.coco_eval import CocoEvaluator, results_paths
+from src.evaluation.pipeline import (StageTimes, batches_of, coco_entries_in_order, encode_batch,
+                                     host_threads, load_batch)
+from src.evaluation.report import default_results_prefix, finish_coco_evaluation
+from src.evaluation.sharding import Shard, plan_shard
+from src.evaluation.testdev import is_image_info, upload_paths, upload_testset
 from src.inference.annotate import MediaError, make_output_dir
-from src.inference.detector import detections_to_image
 from src.utils.progress import Progress
 
 
@@ -42,10 +46,11 @@ def load_ground_truth(ann_file, num_fg_classes):
     return coco_gt, category_ids
 
 
-def evaluated_image_ids(coco_gt, max_images=0):
-    """Ids of the images with at least one annotation (the authors skip the others), in
-    id order, cut to ``max_images`` when > 0."""
-    ids = sorted(i for i in coco_gt.getImgIds() if coco_gt.getAnnIds(imgIds=[i]))
+def evaluated_image_ids(coco_gt, max_images=0, annotated_only=True):
+    """Ids of the images with at least one annotation (the authors skip the others; every
+    image when not ``annotated_only``), in id order, cut to ``max_images`` when > 0."""
+    ids = sorted(i for i in coco_gt.getImgIds()
+                 if not annotated_only or coco_gt.getAnnIds(imgIds=[i]))
     return ids[:max_images] if max_images > 0 else ids
 
 
@@ -56,27 +61,40 @@ class CocoEvaluation(NamedTuple):
     image_ids: tuple            # the evaluated images, in id order
     images: Iterator            # (image_id, [H, W, 3] uint8 BGR) of image_ids; read once, lazily
     output_json: str            # prefix of the results json, or ""
+    classwise: bool = False     # also AP per class (src.evaluation.classwise)
+    upload: dict = None         # no annotations: {"bbox": zip, "segm": zip} for the COCO server
+    shard: Shard = None         # eval.py --distribute: this rank's share (image_ids are its own)
 
 
 def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir="", split="val",
-                            max_images=0, output_json=""):
+                            max_images=0, output_json="", classwise=False, algorithm="yolact",
+                            distributed=None):
     """Check everything a COCO evaluation reads and writes, before any image is detected.
 
     The images come from ``image_dir`` (every evaluated image must be a file there) or from
     split ``split`` of ``mindrecord_dir`` (every evaluated image must be in the split, with
     the annotation file's size, and the split's categories must be the annotation file's and
-    the config's). ``output_json``, when given, must be writable.
+    the config's). ``output_json``, when given, must be writable; it defaults to
+    ``report.default_results_prefix(ann_file)`` when files must be written (``classwise``, an
+    annotation file without annotations, ``distributed``).
 
     Args:
         ann_file: COCO-format annotations of the evaluated images.
         class_names: the config's class names (label order).
         max_images: evaluate only the first N annotated images (0: all).
+        classwise: also report the AP per class.
+        algorithm: the [alg] part of the COCO upload names (``src.evaluation.testdev``).
+        distributed: (rank, group size) of a sharded evaluation (``src.evaluation.sharding``).
 
     Raises:
         DatasetError (images, annotations) or MediaError (output): one line naming the file.
     """
     coco_gt, category_ids = load_ground_truth(ann_file, len(class_names))
-    image_ids = evaluated_image_ids(coco_gt, max_images)
+    # An image-info file (COCO test-dev) has no annotation: every image is detected.
+    test_dev = is_image_info(coco_gt)
+    all_image_ids = evaluated_image_ids(coco_gt, max_images, annotated_only=not test_dev)
+    rank, group_size = distributed or (0, 1)
+    image_ids = all_image_ids[rank::group_size]
     if mindrecord_dir:
         check_split_categories(ann_file, coco_gt, class_names, mindrecord_dir, split)
         images = images_from_mindrecord(ann_file, coco_gt, mindrecord_dir, split, image_ids)
@@ -84,9 +102,16 @@ def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir=
         images = images_from_folder(coco_gt, image_dir, image_ids)
     else:
         raise ValueError(f"{ann_file}: give the folder of its images or a MindRecord split")
+    if not output_json and (classwise or test_dev or distributed):
+        output_json = default_results_prefix(ann_file)
     if output_json:
         check_results_writable(output_json)
-    return CocoEvaluation(coco_gt, category_ids, tuple(image_ids), images, output_json)
+    upload = upload_paths(os.path.dirname(output_json), upload_testset(ann_file),
+                          algorithm) if test_dev else None
+    shard = plan_shard(rank, group_size, all_image_ids,
+                       output_json) if distributed else None
+    return CocoEvaluation(coco_gt, category_ids, tuple(image_ids), images, output_json,
+                          classwise, upload, shard)
 
 
 def check_results_writable(path_prefix):
@@ -209,15 +234,10 @@ def read_split_images(mindrecord_dir, split, wanted):
                                        bool(row["ignore_exif_orientation"]), name)
 
 
-def _batches(items, size):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+# eval.py --benchmark's stages in print order, and the host ones among them.
+HOST_STAGES = ("decode", "preprocess", "masks to image", "boxes", "RLE/JSON")
+BENCHMARK_STAGES = ("decode", "preprocess", "network", "graph post-processing",
+                    "masks to image", "boxes", "RLE/JSON")
 
 
 def run_coco_evaluation(detector, evaluation):
@@ -229,70 +249,91 @@ def run_coco_evaluation(detector, evaluation):
         evaluation: a ``CocoEvaluation`` of ``prepare_coco_evaluation`` (its images are read).
 
     Returns:
-        {"bbox": {AP, AP50, ...}, "segm": {...}} as fractions.
+        {"bbox": {AP, AP50, ...}, "segm": {...}} as fractions; None where nothing is scored
+        (``report.finish_coco_evaluation``).
     """
     evaluator = CocoEvaluator(evaluation.category_ids)
     progress = Progress(len(evaluation.image_ids), label="eval")
-    for batch in _batches(evaluation.images, detector.batch_size):
-        results = detector.detect_batch([image for _, image in batch])
-        for (image_id, _), result in zip(batch, results):
-            evaluator.add(image_id, result)
-        progress.update(len(batch))
-    if evaluation.output_json:
-        for kind, path in evaluator.write_json(evaluation.output_json).items():
-            print(f"wrote {kind} results to {path}")
-    metrics = evaluator.evaluate(evaluation.coco_gt)
-    print(format_results_table(metrics))
-    return metrics
+    # Decoding, preprocessing and encoding beside the network where it pays
+    # (src.evaluation.pipeline).
+    threads = host_threads(detector.config.eval.host_threads)
+    for image_id, bbox_entries, segm_entries in coco_entries_in_order(
+            detector, batches_of(evaluation.images, detector.batch_size),
+            evaluation.category_ids, threads):
+        evaluator.add_entries(image_id, bbox_entries, segm_entries)
+        progress.update(1)
+    return finish_coco_evaluation(evaluator, evaluation)
 
 
 def run_benchmark(detector, evaluation):
     """Time each stage per image of ``evaluation`` (a ``CocoEvaluation``; its images are read),
-    like the authors' ``--benchmark``: host preprocessing, the network (backbone, FPN, heads,
-    protonet), the in-graph post-processing (Fast NMS, mask assembly and re-scoring) and the
-    host post-processing (masks to image size, boxes to pixels). The first batch compiles the
-    graphs and is not counted.
+    like the authors' ``--benchmark``, and the evaluation loop of ``run_coco_evaluation``.
+
+    The first batch compiles the graphs and is not counted. The other batches go in chunks,
+    alternately run stage after stage, each stage timed, and through the evaluation loop
+    (``coco_entries_in_order`` with ``eval.host_threads``), so
+    that a machine whose load drifts weighs on both alike. Host stages: decode (reading
+    included), preprocess, masks to image, boxes, RLE/JSON; device stages: network
+    (backbone, FPN, heads, protonet) and graph post-processing (Fast NMS, mask assembly and
+    re-scoring: the full graph's time minus the network's).
 
     ``detector`` must be a checkpoint ``Detector`` (its network is run on its own to split the
-    graph time). Returns {stage: mean seconds per image} and prints them with the FPS.
+    graph time). Prints one ``<stage>: <x> ms/img`` line per stage, ``host: <x> ms/img``, the
+    FPS of the stages one after the other, and the evaluation loop's images/s against the
+    full graph's alone.
+
+    Returns:
+        {stage: mean seconds per image, "host": ..., "pipeline_fps": images/s or None}.
     """
-    stages = {"preprocess": 0.0, "network": 0.0, "detect + masks (graph)": 0.0,
-              "postprocess (host)": 0.0}
-    counted = 0
-    progress = Progress(len(evaluation.image_ids), label="benchmark")
-    size = detector.config.max_size
-    for index, batch in enumerate(_batches(evaluation.images, detector.batch_size)):
-        start = time.perf_counter()
-        array = np.zeros((detector.batch_size, 3, size, size), np.float32)
-        for slot, (_, image) in enumerate(batch):
-            array[slot] = detector.preprocess(image)[0]
-        tensor = Tensor(array)
-        prepared = time.perf_counter()
-        for output in detector.model(tensor):
-            output.asnumpy()
-        network_done = time.perf_counter()
-        outputs = detector.run_network(array)
-        graph_done = time.perf_counter()
-        for slot, (_, image) in enumerate(batch):
-            detections_to_image(outputs, slot, image.shape[0], image.shape[1],
-                                detector.config.eval.mask_threshold)
-        finished = time.perf_counter()
-        progress.update(len(batch))
-        if index == 0:
-            continue
-        # The full graph re-runs the network: its own share is the difference.
-        network = network_done - prepared
-        stages["preprocess"] += prepared - start
-        stages["network"] += network
-        stages["detect + masks (graph)"] += max(graph_done - network_done - network, 0.0)
-        stages["postprocess (host)"] += finished - graph_done
-        counted += len(batch)
-    if counted == 0:
+    batch_size = detector.batch_size
+    num_batches = -(-len(evaluation.image_ids) // batch_size)
+    if num_batches < 2:
         raise ValueError("--benchmark needs more images than one batch (the first compiles)")
-    per_image = {stage: total / counted for stage, total in stages.items()}
-    total = sum(per_image.values())
-    for stage, seconds in per_image.items():
-        print(f"{stage:>24}: {seconds * 1000:8.1f} ms/img")
-    print(f"{'total':>24}: {total * 1000:8.1f} ms/img  ({1.0 / total:.2f} FPS, batch "
-          f"{detector.batch_size}, {counted} images timed)")
+    # Two chunks of each kind at least; at most 10 batches a chunk.
+    chunk = max(1, min(10, (num_batches - 1) // 4))
+    plan = ["compile"] + ["serial" if (i // chunk) % 2 == 0 else "overlapped"
+                          for i in range(num_batches - 1)]
+    batches = batches_of(evaluation.images, batch_size)
+    progress = Progress(len(evaluation.image_ids), label="benchmark")
+    threshold = detector.config.eval.mask_threshold
+    threads = host_threads(detector.config.eval.host_threads)
+    times, counted, overlapped, overlapped_seconds = StageTimes(), 0, 0, 0.0
+    for mode, run in itertools.groupby(plan):
+        length = len(list(run))
+        if mode == "overlapped":
+            start = time.perf_counter()
+            for _ in coco_entries_in_order(detector, itertools.islice(batches, length),
+                                           evaluation.category_ids, threads):
+                overlapped += 1
+                progress.update(1)
+            overlapped_seconds += time.perf_counter() - start
+            continue
+        timer = times if mode == "serial" else StageTimes()
+        for _ in range(length):
+            images, array = load_batch(batches, detector, timer)
+            tensor = Tensor(array)
+            with timer("network"):
+                for output in detector.model(tensor):
+                    output.asnumpy()
+            with timer("graph"):
+                outputs = detector.run_network(array)
+            encode_batch(outputs, images, threshold, evaluation.category_ids, timer)
+            progress.update(len(images))
+            counted += len(images) if mode == "serial" else 0
+    seconds = dict(times.seconds)
+    # The full graph re-runs the network: its own share is the difference.
+    seconds["graph post-processing"] = max(seconds.pop("graph") - seconds["network"], 0.0)
+    per_image = {stage: seconds[stage] / counted for stage in BENCHMARK_STAGES}
+    per_image["host"] = sum(per_image[stage] for stage in HOST_STAGES)
+    for stage in BENCHMARK_STAGES + ("host",):
+        print(f"{stage}: {per_image[stage] * 1000:.1f} ms/img")
+    serial = sum(per_image[stage] for stage in BENCHMARK_STAGES)
+    print(f"FPS: {1.0 / serial:.2f} (stages one after the other, {serial * 1000:.1f} ms/img; "
+          f"batch {batch_size}, {counted} images timed)")
+    per_image["pipeline_fps"] = overlapped / overlapped_seconds if overlapped else None
+    if overlapped:
+        graph_fps = 1.0 / (per_image["network"] + per_image["graph post-processing"])
+        print(f"throughput: {per_image['pipeline_fps']:.2f} img/s of the evaluation loop "
+              f"({threads} host threads, {overlapped} images), {graph_fps:.2f} img/s network + "
+              f"graph post-processing alone: {per_image['pipeline_fps'] / graph_fps:.0%}")
     return per_image
