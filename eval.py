@@ -128,6 +128,12 @@ def main(argv=None):
             KernelBuildError, ValueError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # Writing results after the inputs were checked: a full disk, a path that became a
+        # folder, a shared folder of a distributed run gone away.
+        path = error.filename2 or error.filename or "results"
+        print(f"eval.py: error: {path}: cannot write ({error.strerror or error})", file=sys.stderr)
+        return 2
     return 0
 
 
