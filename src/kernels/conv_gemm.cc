@@ -10,11 +10,15 @@
 // (kBandBytes): the buffer stays cache-warm and is faulted in once per process, where a whole
 // image's columns can reach 175 MB (protonet at 138x138).
 //
-// Threads: the sgemm runs on OpenBLAS's own threads (all cores); im2col / col2im split
-// channels between OpenMP threads, so a thread owns the planes it writes.
+// Threads: one OpenMP team does everything. A product is cut into one block per thread along
+// its longer output side, each block a single-threaded sgemm; im2col / col2im split channels,
+// so a thread owns the planes it writes. OpenBLAS's own thread pool is switched off when the
+// library loads: its threads spin-wait beside OpenMP's and MindSpore's, and on 2 cores a
+// 1x1 conv ran 4x slower with it than on one thread.
 // geometry [4] int32 = (stride_h, stride_w, pad_h, pad_w), read on the host.
 // Every function has the MindSpore aot signature; params = inputs then outputs.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -130,14 +134,47 @@ void col2im(const ConvGeometry& g, const float* dcols, int64_t row0, int64_t row
   }
 }
 
-// C [m, n] = op(A) @ op(B) + beta * C, row-major; ld* are the row strides as stored.
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
-           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+// Every sgemm call runs on its caller's thread (see "Threads" above).
+__attribute__((constructor)) void single_threaded_blas() { scipy_openblas_set_num_threads(1); }
+
+// Products smaller than this many multiply-adds run on one thread: a fork costs more.
+constexpr int64_t kParallelMacs = 1 << 18;
+// Block edges are multiples of this (the sgemm kernels' register tile).
+constexpr int64_t kBlockAlign = 16;
+
+void sgemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                     trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
                     static_cast<blasint>(n), static_cast<blasint>(k), 1.f, a,
                     static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
                     static_cast<blasint>(ldc));
+}
+
+// C [m, n] = op(A) @ op(B) + beta * C, row-major; ld* are the row strides as stored. The
+// longer of m and n is cut into one block per OpenMP thread.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int threads = omp_get_max_threads();
+  if (threads == 1 || m * n * k < kParallelMacs) {
+    sgemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const bool split_rows = m > n;
+  const int64_t side = split_rows ? m : n;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t parts = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t step = (side + parts * kBlockAlign - 1) / (parts * kBlockAlign) * kBlockAlign;
+    const int64_t first = std::min(side, t * step), count = std::min(side, first + step) - first;
+    if (count > 0 && split_rows) {
+      sgemm_block(trans_a, trans_b, count, n, k, a + (trans_a ? first : first * lda), lda, b,
+                  ldb, beta, c + first * ldc, ldc);
+    } else if (count > 0) {
+      sgemm_block(trans_a, trans_b, m, count, k, a, lda, b + (trans_b ? first * ldb : first),
+                  ldb, beta, c + first, ldc);
+    }
+  }
 }
 
 // Calls body(n, row0, rows, cols) for every band of every image, cols = the band's columns

@@ -76,17 +76,17 @@ def _replace_convs(parent, winograd):
     count = 0
     for name, child in list(parent.name_cells().items()):
         if winograd and WinogradConv2d.fits(child):
-            _set_child(parent, name, WinogradConv2d.from_conv(child))
+            set_child(parent, name, WinogradConv2d.from_conv(child))
             count += 1
         elif GemmConv2d.fits(child):
-            _set_child(parent, name, GemmConv2d.from_conv(child))
+            set_child(parent, name, GemmConv2d.from_conv(child))
             count += 1
         else:
             count += _replace_convs(child, winograd)
     return count
 
 
-def _set_child(parent, name, cell):
+def set_child(parent, name, cell):
     """``parent.<name> = cell`` keeping the full names of the cell's Parameters (MindSpore
     renames them to ``<name>.<leaf>`` when a cell is assigned as an attribute)."""
     names = [(param, param.name) for param in cell.get_parameters()]
