@@ -6,7 +6,7 @@ first, so that a failure is known before anything is built, a missing BLAS inclu
 ``apply_cpu_kernels`` then swaps them in: every DCN switches to the C++ sampling kernel and
 the BLAS matmul, every 3x3 stride-1 conv with bias outside the backbone becomes a
 ``WinogradConv2d`` and every other conv a ``GemmConv2d`` (im2col + BLAS sgemm), both on the
-same Parameters. Names and parameters stay those of the portable model, results equal it
+same Parameters, except in the mask re-scoring net (``KEEPS_MINDSPORE_CONVS``). Names and parameters stay those of the portable model, results equal it
 within float32 rounding.
 """
 import functools
@@ -18,6 +18,10 @@ from src.kernels.winograd import WinogradConv2d
 from src.model.dcn import ModulatedDeformConv2d
 
 LIBRARIES = ("winograd", "deform_im2col")
+# The mask re-scoring net's convs (1-128 channels, stride 2, on ~100 small masks) are a
+# hundred tiny products each: 1.2-5x slower as per-image sgemms than MindSpore's conv
+# (bench/conv_gemm.py), so it keeps MindSpore's.
+KEEPS_MINDSPORE_CONVS = ("maskiou_net",)
 
 
 def resolve_kernels(setting, device_target):
@@ -66,7 +70,8 @@ def apply_cpu_kernels(model):
             cell.use_cpu_kernel()
             count += 1
     for child_name, child in model.name_cells().items():
-        count += _replace_convs(child, winograd=child_name != "backbone")
+        if child_name not in KEEPS_MINDSPORE_CONVS:
+            count += _replace_convs(child, winograd=child_name != "backbone")
     return count
 
 
