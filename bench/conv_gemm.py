@@ -6,9 +6,11 @@ Run from the repository root::
     python bench/conv_gemm.py                      # R-50++ at 550, forward b1, backward b2
     python bench/conv_gemm.py --rounds 9 --top 12  # the 12 shapes with the most MACs
 
-The shapes are those of the built model (every ``nn.Conv2d`` the CPU kernels replace, the
-DCN offset convs included, recorded by forward hooks in one PyNative forward), plus the
-mask re-scoring net on ``--masks`` masks and the DCN's matmul (weight [O, 9C] x columns
+The shapes are those of the built model (every ``nn.Conv2d``, the DCN offset convs
+included, recorded by forward hooks in one PyNative forward; all are timed as
+``GemmConv2d``, also those the CPU path runs on Winograd (the head's 3x3 stride-1 convs) or
+leaves on MindSpore (the mask re-scoring net's, here on ``--masks`` masks: the table shows
+why)), plus the DCN's matmul (weight [O, 9C] x columns
 [9C, Ho*Wo], what our BLAS matmul op runs). Forward is timed at ``--batch`` images,
 backward (data + weight gradients) at ``--train_batch``: backward = median(forward +
 backward) - median(forward), of a jitted ``value_and_grad`` in MindSpore and
