@@ -25,10 +25,12 @@ os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
+from mindspore import nn, ops  # noqa: E402
 
 from src.config.schema import replace  # noqa: E402
 from src.config.variants import VARIANTS  # noqa: E402
+from src.kernels.selection import set_child  # noqa: E402
+from src.kernels.winograd import WinogradConv2d  # noqa: E402
 from src.model.dcn import IMPLS as DCN_IMPLS, ModulatedDeformConv2d  # noqa: E402
 from src.model.resnet import uses_dcn  # noqa: E402
 
@@ -36,9 +38,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A child prints its result as one line: this marker, then JSON.
 RESULT_MARKER = "BENCH_RESULT "
 SEED = 0
-# --impl: the C++ CPU kernels (DCN sampling, Winograd head convs) or MindSpore primitives only
-# with the fast or the native DCN.
-IMPLS = ("kernel", "fast", "native")
+# --impl: the C++ CPU kernels (DCN sampling, Winograd head convs, every other conv and the
+# kernels' matmuls on the BLAS), the same kernels with MindSpore's conv and matmul (the CPU
+# path before the BLAS convs), or MindSpore primitives only with the fast or the native DCN.
+IMPLS = ("kernel", "msconv", "fast", "native")
 # Offset conv weight std: offsets of about a pixel, like a trained DCN's.
 OFFSET_WEIGHT_STD = 1e-3
 
@@ -117,8 +120,10 @@ def add_model_arguments(parser, *, configs, configs_help, rounds, warmup_help, b
     add_timing_arguments(parser, rounds=rounds, warmup_help=warmup_help, batch=batch,
                          batch_help=batch_help)
     parser.add_argument("--impl", choices=IMPLS, default="kernel",
-                        help="kernel: the C++ CPU kernels (DCN, Winograd head convs; what runs "
-                             "on CPU); fast / native: MindSpore primitives only, with that DCN")
+                        help="kernel: the C++ CPU kernels (DCN, Winograd head convs, the other "
+                             "convs and the matmuls on the BLAS; what runs on CPU); msconv: the "
+                             "same kernels on MindSpore's conv and matmul (the path before the "
+                             "BLAS); fast / native: MindSpore primitives only, with that DCN")
     parser.add_argument("--dcn_layers", action="store_true", help=dcn_layers_help)
 
 
@@ -158,10 +163,39 @@ def peak_rss_mb():
 # --- what is measured --------------------------------------------------------------------
 
 def impl_changes(impl):
-    """Config changes (for ``replace``) that select ``impl``, one of ``IMPLS``."""
+    """Config changes (for ``replace``) that select ``impl``, one of ``IMPLS`` (``msconv``
+    builds the portable model; ``apply_impl`` then swaps its kernels in)."""
     if impl == "kernel":
         return {"model.kernels": "cpu"}
+    if impl == "msconv":
+        return {"model.kernels": "portable"}
     return {"model.kernels": "portable", "model.backbone.dcn_impl": impl}
+
+
+def apply_impl(model, impl):
+    """For ``impl`` ``msconv``, turn a model built with ``impl_changes(impl)`` into the CPU
+    path before the BLAS convs: DCN on the C++ sampling kernel with MindSpore's MatMul, the
+    3x3 stride-1 convs with bias outside the backbone on Winograd with MindSpore's
+    BatchMatMul, every other conv on MindSpore's conv. Other impls: nothing to do."""
+    if impl != "msconv":
+        return
+    for _, cell in model.backbone.cells_and_names():
+        if isinstance(cell, ModulatedDeformConv2d):
+            cell.use_cpu_kernel()
+            cell.matmul = ops.MatMul()
+    for child_name, child in model.name_cells().items():
+        if child_name != "backbone":
+            _winograd_on_mindspore_matmul(child)
+
+
+def _winograd_on_mindspore_matmul(parent):
+    for name, child in list(parent.name_cells().items()):
+        if WinogradConv2d.fits(child):
+            winograd = WinogradConv2d.from_conv(child)
+            winograd.batch_matmul = ops.BatchMatMul()
+            set_child(parent, name, winograd)
+        else:
+            _winograd_on_mindspore_matmul(child)
 
 
 def variant(name, size, impl=None, **changes):

@@ -24,7 +24,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
-from bench.common import (add_model_arguments, compile_and_warm,  # noqa: E402
+from bench.common import (add_model_arguments, apply_impl, compile_and_warm,  # noqa: E402
                           machine_description, make_parser, median_cpu, median_wall,
                           paired_ratio, peak_rss_mb, print_child_result, print_dcn_layers,
                           randomise_offset_convs, require_positive, run_child, time_dcn_layers,
@@ -106,6 +106,7 @@ def measure_config(args, name):
     rng = np.random.default_rng(SEED)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size)), ms.float32)
     model = build_model(config, context.device_target)
+    apply_impl(model, args.impl)
     randomise_offset_convs(model, rng)
     model.set_train(False)
     inference = build_inference_net(config, model)

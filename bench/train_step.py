@@ -42,7 +42,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
-from bench.common import (Measured, add_model_arguments, machine_description,  # noqa: E402
+from bench.common import (Measured, add_model_arguments, apply_impl,  # noqa: E402
+                          machine_description,
                           make_parser, median_cpu, median_wall, paired_ratio, peak_rss_mb,
                           print_child_result, print_dcn_layers, randomise_offset_convs,
                           require_positive, run_child, time_dcn_layers, variant, SEED)
@@ -309,6 +310,7 @@ def measure_config(args, name, group=None):
 
     setup = build_training(config, context)
     model = setup.model
+    apply_impl(model, args.impl)
     randomise_offset_convs(model, np.random.default_rng(SEED))
     measured = ([Measured("step", setup.step, batches, keep_outputs=True)] if group is None
                 else profile_stages(group, setup, batches))

@@ -13,8 +13,8 @@ it by the tap's mask.
 
 Three implementations compute the same function:
   * ``"kernel"``: the C++ CPU kernel ``src/kernels/deform_im2col.cc`` samples the columns
-    straight from the input planes, one matmul applies the 3x3 weight (CPU only; the
-    fastest there);
+    straight from the input planes, one BLAS matmul (``src/kernels/conv_gemm.py``) applies
+    the 3x3 weight (CPU only; the fastest there);
   * ``"fast"``: built from primitives, for every device. The input goes channels-last with
     a 2-pixel zero border, one gather fetches the 2x2 corner patch of every tap, a batched
     matmul blends the 4 corners with bilinear weight x mask, and one matmul applies the
@@ -27,6 +27,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
+from src.kernels.conv_gemm import matmul_op
 from src.kernels.deform_im2col import KERNEL_TAPS, deform_im2col_op
 
 # 2 pixels of zeros around the input: a 2x2 patch whose start is clamped onto this border
@@ -99,7 +100,7 @@ class ModulatedDeformConv2d(nn.Cell):
         """Switch to the C++ CPU kernel (``impl="kernel"``), keeping the parameters."""
         self.impl = "kernel"
         self.im2col = deform_im2col_op()
-        self.matmul = ops.MatMul()
+        self.matmul = matmul_op()
         self.stride_tensor = ms.Tensor(np.array([self.stride], np.int32))
 
     def construct(self, x):
