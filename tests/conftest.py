@@ -1,4 +1,5 @@
 """Shared test set-up: CPU environment defaults before MindSpore loads, graph mode."""
+import json
 import os
 import sys
 
@@ -109,3 +110,15 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json(path, document):
+    """Write ``document`` to ``path`` as JSON; returns the path as a string."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+    return str(path)

@@ -6,7 +6,6 @@ synthetic images, once in one process and once as 2 msrun workers on the CPU. It
 is made from the model's own top detections, so that the AP is neither 0 nor 1 and every
 detection's rank matters: equal AP dicts then mean equal entries, not two zeros.
 """
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from src.data.synthetic import generate_dataset
 from src.evaluation.coco_eval import CocoEvaluator
 from src.evaluation.evaluate import prepare_coco_evaluation
 from src.evaluation.sharding import check_launcher, gather, hand_over, plan_shard
-from tests.conftest import save_detecting_checkpoint, tiny_config
+from tests.conftest import read_json, save_detecting_checkpoint, tiny_config, write_json
 from tests.test_distributed import MSRUN, VENV_BIN, free_port, tail
 from tests.test_eval_cli import run_eval_py
 from tests.test_train import write_config_yaml
@@ -42,17 +41,6 @@ DRIVER = textwrap.dedent("""\
         with open(sys.argv[1], "w") as stream:
             json.dump(metrics, stream)
     """)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
-def write_json(path, document):
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump(document, stream)
-    return str(path)
 
 
 # Sharding and gathering, without a model.

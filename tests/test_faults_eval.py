@@ -6,7 +6,6 @@ Real files throughout: a tiny synthetic data set (two train and three val images
 sizes) converted to MindRecord, a checkpoint of the tiny model, eval.py in subprocesses. No
 graph is compiled: every error must come first, which is what keeps these tests fast.
 """
-import json
 import os
 import shutil
 from types import SimpleNamespace
@@ -21,22 +20,11 @@ from src.data.synthetic import CATEGORY_IDS, generate_dataset
 from src.evaluation.evaluate import prepare_coco_evaluation
 from src.inference import Detector
 from src.inference.annotate import MediaError
-from tests.conftest import save_detecting_checkpoint, tiny_config
+from tests.conftest import read_json, save_detecting_checkpoint, tiny_config, write_json
 from tests.test_eval_cli import run_eval_py
 from tests.test_train import write_config_yaml
 
 NUM_TRAIN, NUM_VAL = 2, 3
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def write_json(path, document):
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

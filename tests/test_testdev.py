@@ -18,22 +18,11 @@ from src.data.synthetic import generate_dataset
 from src.evaluation.evaluate import load_ground_truth, prepare_coco_evaluation
 from src.evaluation.testdev import (is_image_info, upload_paths, upload_testset,
                                     write_upload_zips)
-from tests.conftest import save_detecting_checkpoint, tiny_config
+from tests.conftest import read_json, save_detecting_checkpoint, tiny_config, write_json
 from tests.test_eval_cli import run_eval_py
 from tests.test_train import write_config_yaml
 
 NUM_VAL = 4
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
-def write_json(path, document):
-    with open(path, "w", encoding="utf-8") as stream:
-        json.dump(document, stream)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
