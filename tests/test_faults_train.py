@@ -132,7 +132,9 @@ def test_a_disk_that_fills_during_training_keeps_the_last_good_checkpoint(
         kept = os.path.join(str(mount), f"{NAME}_1.ckpt")
         assert "training stopped at iteration 2" in line and "No space left on device" in line
         assert f"the last checkpoint is {kept}" in line
-        assert sorted(os.listdir(mount)) == [os.path.basename(kept)]      # no temporaries
+        # No temporaries: the checkpoint and the run's records only.
+        assert sorted(os.listdir(mount)) == sorted([os.path.basename(kept), "config.yaml",
+                                                    "metrics.jsonl"])
         assert scalar(read_state(kept)["iteration"]) == 1
 
 
@@ -209,7 +211,10 @@ def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(tiny_yaml, six
     for name in (".tmp_abc123.ckpt", ".tmp_abc123.tmp"):
         (output_dir / name).write_bytes(b"\0" * 4096)
     assert_resumes_at_newest(tiny_yaml, six_images, output_dir, tmp_path)
-    assert sorted(os.listdir(output_dir)) == [f"{NAME}_2.ckpt", f"{NAME}_3.ckpt"]
+    # The resume stopped at 3, not 2: its settings differ, so config.yaml was moved aside.
+    assert sorted(os.listdir(output_dir)) == sorted([
+        f"{NAME}_2.ckpt", f"{NAME}_3.ckpt", "config.yaml", "config.before_2.yaml",
+        "metrics.jsonl"])
 
 
 def test_ctrl_c_during_the_first_compile_leaves_nothing(tiny_yaml, six_images, tmp_path):
