@@ -89,7 +89,7 @@ def run(args):
     evaluation = prepare_coco_evaluation(
         args.ann_file, config.data.class_names, args.image_dir, args.mindrecord_dir, args.split,
         args.max_images, args.output_json, classwise=args.classwise, algorithm=config.name,
-        distributed=distributed) if args.ann_file else None
+        distributed=distributed, benchmark=args.benchmark) if args.ann_file else None
     if args.mindir:
         detector = ExportedDetector(args.mindir, config, args.device_target)
     else:

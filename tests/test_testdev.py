@@ -79,6 +79,14 @@ def test_default_results_place_is_eval_results(data, tmp_path, monkeypatch):
     assert (tmp_path / "eval_results").is_dir()
 
 
+def test_a_benchmark_of_an_image_info_file_makes_no_results_folder(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evaluation = prepare_coco_evaluation(data.image_info, SHAPE_CLASSES, image_dir=data.images,
+                                         benchmark=True)
+    assert evaluation.output_json == "" and len(evaluation.image_ids) == NUM_VAL
+    assert os.listdir(tmp_path) == []
+
+
 def test_upload_names_follow_cocos_pattern():
     assert upload_testset("annotations/image_info_test-dev2017.json") == "test-dev2017"
     assert upload_testset("/data/image_info_test2017.json") == "test2017"

@@ -68,7 +68,7 @@ class CocoEvaluation(NamedTuple):
 
 def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir="", split="val",
                             max_images=0, output_json="", classwise=False, algorithm="yolact",
-                            distributed=None):
+                            distributed=None, benchmark=False):
     """Check everything a COCO evaluation reads and writes, before any image is detected.
 
     The images come from ``image_dir`` (every evaluated image must be a file there) or from
@@ -76,7 +76,8 @@ def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir=
     the annotation file's size, and the split's categories must be the annotation file's and
     the config's). ``output_json``, when given, must be writable; it defaults to
     ``report.default_results_prefix(ann_file)`` when files must be written (``classwise``, an
-    annotation file without annotations, ``distributed``).
+    annotation file without annotations, ``distributed``) and this is no ``benchmark``, which
+    writes nothing.
 
     Args:
         ann_file: COCO-format annotations of the evaluated images.
@@ -102,7 +103,7 @@ def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir=
         images = images_from_folder(coco_gt, image_dir, image_ids)
     else:
         raise ValueError(f"{ann_file}: give the folder of its images or a MindRecord split")
-    if not output_json and (classwise or test_dev or distributed):
+    if not output_json and not benchmark and (classwise or test_dev or distributed):
         output_json = default_results_prefix(ann_file)
     if output_json:
         check_results_writable(output_json)
