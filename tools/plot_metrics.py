@@ -21,11 +21,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.train.run_record import LOSS_KEYS, METRICS_FILE  # noqa: E402  (no MindSpore import)
+from src.utils.files import replaced_atomically  # noqa: E402
 
 # 1200 x 800 px: four panels that stay readable side by side.
 FIGURE_INCHES = (12.0, 8.0)
@@ -210,15 +210,8 @@ def draw(panels, out_path, title):
         drawn.append((name, {curve: len(xy[0]) for curve, xy in curves.items()},
                       "" if plotted else empty_note))
     figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out_path))
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=directory)
-    os.close(handle)
-    try:
-        figure.savefig(temp_path, format="png")
-        os.replace(temp_path, out_path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+    with replaced_atomically(out_path, ".png") as temporary:
+        figure.savefig(temporary, format="png")
     return drawn
 
 

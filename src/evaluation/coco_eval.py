@@ -19,7 +19,6 @@ and segm results the mask score. Segm entries carry no "bbox" key: with one, pyc
 import copy
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -27,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from src.postprocess.masks import MaskWindows
+from src.utils.files import write_text_atomic
 
 # COCOeval.stats[0:6] are these, in this order (IoU 0.5:0.95 / 0.5 / 0.75; area all/S/M/L).
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -90,16 +90,8 @@ def results_paths(path_prefix):
 
 
 def _write_json_atomic(data, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(data))
 
 
 def _load_results(coco_gt, entries):

@@ -11,10 +11,10 @@ the mask results are two uploads; their alg parts end in ``-bbox`` and ``-segm``
 two names apart, e.g. ``detections_test-dev2017_yolact-plus-resnet50-segm_results.zip``.
 """
 import os
-import tempfile
 import zipfile
 
 from src.evaluation.coco_eval import IOU_TYPES
+from src.utils.files import replaced_atomically
 
 SERVER = "https://cocodataset.org/#upload"
 
@@ -50,14 +50,7 @@ def write_upload_zips(results_json, paths):
     """
     for iou_type, target in paths.items():
         member = os.path.splitext(os.path.basename(target))[0] + ".json"
-        handle, temporary = tempfile.mkstemp(prefix=".tmp_", suffix=".zip",
-                                             dir=os.path.dirname(os.path.abspath(target)))
-        os.close(handle)
-        try:
+        with replaced_atomically(target, ".zip") as temporary:
             with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
                 archive.write(results_json[iou_type], arcname=member)
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
     return paths

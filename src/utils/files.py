@@ -1,4 +1,5 @@
 """File-system checks shared by the entry points."""
+import contextlib
 import os
 import tempfile
 
@@ -20,14 +21,24 @@ def cannot_write_reason(folder):
     return ""
 
 
-def write_text_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
-    ``path`` is never seen half written; the temporary file is removed if the write fails."""
-    handle, temporary = tempfile.mkstemp(prefix=".tmp_", dir=os.path.dirname(os.path.abspath(path)))
+@contextlib.contextmanager
+def replaced_atomically(path, suffix=""):
+    """Yield a temporary file name in ``path``'s folder (ending in ``suffix``, for writers that
+    read the format from it); when the block ends it is renamed over ``path``, so ``path`` is
+    never seen half written. On an error the temporary file is removed instead."""
+    handle, temporary = tempfile.mkstemp(prefix=".tmp_", suffix=suffix,
+                                         dir=os.path.dirname(os.path.abspath(path)))
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_text_atomic(path, text):
+    """Write ``text`` (UTF-8) to ``path`` through ``replaced_atomically``."""
+    with replaced_atomically(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(text)
