@@ -20,8 +20,10 @@ from src.model.build import build_model
 TOLERANCE = 2e-6
 
 # (N, C_in, C_out, H, W, kernel, stride, padding, bias): every kernel/stride/padding the
-# model has (1x1 s1/s2 p0, 3x3 s1/s2 p0/p1, 7x7 s2 p3), odd and even sides, batch 1 and 2,
-# an image smaller than the kernel's reach, a 1x1 image.
+# model has (1x1 s1/s2 p0, 3x3 s1/s2 p0/p1, 7x7 s2 p3), odd and even sides, batch 1 to 3,
+# images smaller than the kernel's reach, a 1x1 image. Stride 1 beyond a 1x1 runs on the
+# grid (conv_gemm.cc): unpadded, padded, 5x5, a padding wider than the kernel (its data
+# gradient takes the im2col path), and one large enough to be split into blocks on threads.
 CASES = [
     (2, 5, 6, 11, 9, 1, 1, 0, False),
     (2, 6, 7, 9, 10, 1, 2, 0, True),
@@ -31,6 +33,12 @@ CASES = [
     (2, 3, 5, 17, 14, 7, 2, 3, False),
     (1, 3, 4, 2, 3, 7, 2, 3, True),
     (2, 5, 3, 1, 1, 3, 1, 1, True),
+    (2, 4, 5, 9, 7, 3, 1, 0, False),
+    (3, 5, 4, 6, 13, 3, 1, 1, False),
+    (1, 3, 4, 2, 3, 3, 1, 1, True),
+    (2, 3, 4, 8, 9, 5, 1, 2, True),
+    (1, 2, 3, 7, 6, 3, 1, 3, False),
+    (2, 16, 24, 37, 41, 3, 1, 1, False),
 ]
 
 
@@ -101,7 +109,11 @@ class Product(nn.Cell):
 
 
 @needs_compiler
-@pytest.mark.parametrize("shape_a, shape_b", [((5, 7), (7, 3)), ((4, 3, 6), (4, 6, 2))])
+# Small ones on one thread; on a team, a batch of 16 split by whole products (Winograd's) and a
+# batch of 3 split within each product.
+@pytest.mark.parametrize("shape_a, shape_b", [((5, 7), (7, 3)), ((4, 3, 6), (4, 6, 2)),
+                                              ((16, 40, 64), (16, 64, 30)),
+                                              ((3, 64, 50), (3, 50, 70))])
 def test_blas_matmul_equals_numpy_with_gradients(shape_a, shape_b):
     rng = np.random.default_rng(len(shape_a))
     a = rng.normal(size=shape_a).astype(np.float32)

@@ -1,15 +1,22 @@
 // Convolution and matrix products on a BLAS sgemm (OpenBLAS from the scipy-openblas32 wheel)
 // for MindSpore's CPU backend, as "aot" Custom ops.
 //
-// Conv (NCHW, groups 1, dilation 1): per image n, y_n [O, Ho*Wo] = w [O, C*Kh*Kw] @ cols_n,
-// where cols_n [C*Kh*Kw, Ho*Wo] (row (c*Kh + ky)*Kw + kx, column i*Wo + j) holds the input
-// pixel (i*sh - ph + ky, j*sw - pw + kx), zero outside the image. The gradients are
+// Conv (NCHW, groups 1, dilation 1), per image n, in one of two forms:
+// - Strided (im2col): y_n [O, Ho*Wo] = w [O, C*Kh*Kw] @ cols_n, where cols_n [C*Kh*Kw, Ho*Wo]
+//   (row (c*Kh + ky)*Kw + kx, column i*Wo + j) holds the input pixel
+//   (i*sh - ph + ky, j*sw - pw + kx), zero outside the image. The gradients are
 //   dcols_n = w^T @ dy_n, scattered back into dx_n (col2im), and dw = sum_n dy_n @ cols_n^T.
-// A 1x1 conv with stride 1 and no padding has cols_n = x_n, so it is one sgemm per image.
-// Otherwise the columns are built a band of output rows at a time into a per-thread buffer
-// (kBandBytes): the buffer stays cache-warm and is faulted in once per process, where a whole
-// image's columns can reach 175 MB (protonet at 138x138).
-//
+//   A 1x1 conv with stride 1 and no padding has cols_n = x_n, so it is one sgemm per image.
+//   Otherwise the columns are built a band of output rows at a time into a per-thread buffer
+//   (kBandBytes): the buffer stays cache-warm and is faulted in once per process, where a
+//   whole image's columns can reach 175 MB (protonet at 138x138).
+// - Stride 1 (grid): with x_n zero-padded to xp_n [C, Hp, Wp], output pixel (i, j) sits at
+//   grid column q = i*Wp + j and tap (ky, kx) reads xp_n at column q + ky*Wp + kx, so each tap
+//   is a plain product w_tap [O, C] @ xp_n[:, ky*Wp + kx:] (row stride Hp*Wp) accumulated
+//   into y_grid [O, Ho*Wp]; the columns j >= Wo are computed and dropped. No columns are
+//   copied (im2col wrote Kh*Kw times the input per image), and the data gradient is itself a
+//   stride-1 conv: dy padded by (Kh-1-ph, Kw-1-pw) with w flipped and transposed per tap.
+//   dw_tap = sum_n dy_grid_n @ xp_n[:, shift:]^T, dy_grid being dy_n on the grid, zero at j >= Wo.
 // Threads: one OpenMP team does everything. A product is cut into one block per thread along
 // its longer output side, each block a single-threaded sgemm; im2col / col2im split channels,
 // so a thread owns the planes it writes. OpenBLAS's own thread pool is switched off when the
@@ -63,8 +70,13 @@ struct ConvGeometry {
   }
 };
 
-float* band_buffer(int64_t floats) {
-  thread_local std::vector<float> buffer;
+// Scratch buffers of the calling thread, grown on demand and kept for the next call (the
+// team's threads share the caller's). Each slot is one role, so buffers in use together differ.
+enum ScratchSlot { kColumns, kGrid, kTaps, kScratchSlots };
+
+float* scratch(ScratchSlot slot, int64_t floats) {
+  thread_local std::vector<float> buffers[kScratchSlots];
+  std::vector<float>& buffer = buffers[slot];
   if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
   return buffer.data();
 }
@@ -182,13 +194,148 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const fl
 template <typename Body>
 void for_each_band(const ConvGeometry& g, const float* x, Body body) {
   const int64_t band_rows = g.is_pointwise() ? g.out_h : g.band_rows();
-  float* buffer = g.is_pointwise() ? nullptr : band_buffer(g.patch() * band_rows * g.out_w);
+  float* buffer = g.is_pointwise() ? nullptr : scratch(kColumns, g.patch() * band_rows * g.out_w);
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* x_n = x + n * g.channels * g.plane();
     for (int64_t row0 = 0; row0 < g.out_h; row0 += band_rows) {
       const int64_t rows = std::min(band_rows, g.out_h - row0);
       if (buffer != nullptr) im2col(g, x_n, row0, rows, buffer);
       body(n, row0, rows, buffer != nullptr ? buffer : x_n);
+    }
+  }
+}
+
+// A stride-1 conv of one image on the grid (see the top of the file). The data gradient is
+// one too, with the roles of dy and x swapped (``data_gradient``).
+struct GridConv {
+  int64_t channels, height, width, out_channels, kh, kw, ph, pw;
+
+  int64_t padded_h() const { return height + 2 * ph; }
+  int64_t padded_w() const { return width + 2 * pw; }
+  int64_t padded_plane() const { return padded_h() * padded_w(); }
+  int64_t out_h() const { return padded_h() - kh + 1; }
+  int64_t out_w() const { return padded_w() - kw + 1; }
+  int64_t grid_plane() const { return out_h() * padded_w(); }
+  // Grid columns up to the last output pixel; the last tap then reads the padded plane's
+  // last element, so no plane is read past its end.
+  int64_t columns() const { return (out_h() - 1) * padded_w() + out_w(); }
+  int64_t taps() const { return kh * kw; }
+  int64_t shift(int64_t tap) const { return tap / kw * padded_w() + tap % kw; }
+  bool is_padded() const { return ph > 0 || pw > 0; }
+  bool is_parallel() const {
+    return out_channels * channels * taps() * columns() >= kParallelMacs;
+  }
+};
+
+GridConv forward_grid(const ConvGeometry& g) {
+  return {g.channels, g.height, g.width, g.out_channels, g.kh, g.kw, g.ph, g.pw};
+}
+
+// dx = the stride-1 conv of dy padded by (Kh-1-ph, Kw-1-pw) with the taps flipped and the
+// channels transposed (``tap_weights``); it needs ph < Kh and pw < Kw.
+GridConv data_gradient(const ConvGeometry& g) {
+  return {g.out_channels, g.out_h, g.out_w, g.channels, g.kh, g.kw, g.kh - 1 - g.ph,
+          g.kw - 1 - g.pw};
+}
+
+bool runs_on_grid(const ConvGeometry& g) { return g.sh == 1 && g.sw == 1 && !g.is_pointwise(); }
+
+// taps [Kh*Kw, O, C] (tap t = ky*Kw + kx) of w [O, C, Kh, Kw]; ``for_data_gradient``: taps
+// [Kh*Kw, C, O] of the flipped kernel, tap t holding w[:, :, Kh-1-ky, Kw-1-kx]^T.
+void tap_weights(const ConvGeometry& g, const float* w, bool for_data_gradient, float* taps) {
+  const int64_t count = g.kh * g.kw;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const float* kernel = w + (o * g.channels + c) * count;
+      for (int64_t t = 0; t < count; ++t) {
+        if (for_data_gradient) {
+          taps[((count - 1 - t) * g.channels + c) * g.out_channels + o] = kernel[t];
+        } else {
+          taps[(t * g.out_channels + o) * g.channels + c] = kernel[t];
+        }
+      }
+    }
+  }
+}
+
+// xp [C, Hp, Wp] = x_n [C, H, W] with ph zero rows above and below and pw zero columns on
+// each side. Inside a parallel region: the team splits the channels.
+void pad_planes(const GridConv& g, const float* x_n, float* xp) {
+  const int64_t wp = g.padded_w();
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < g.channels; ++c) {
+    float* out = xp + c * g.padded_plane();
+    std::fill(out, out + g.ph * wp, 0.f);
+    for (int64_t i = 0; i < g.height; ++i) {
+      float* row = out + (g.ph + i) * wp;
+      std::fill(row, row + g.pw, 0.f);
+      std::memcpy(row + g.pw, x_n + (c * g.height + i) * g.width, g.width * sizeof(float));
+      std::fill(row + g.pw + g.width, row + wp, 0.f);
+    }
+    std::fill(out + (g.ph + g.height) * wp, out + g.padded_plane(), 0.f);
+  }
+}
+
+// Grid columns per block of work: the block's slice of y_grid (O x block) stays in L2 while
+// the taps accumulate into it; at least two blocks per thread, for balance.
+constexpr int64_t kGridBlockBytes = 256 << 10;
+
+int64_t grid_block(const GridConv& g) {
+  const int64_t by_cache = kGridBlockBytes / (g.out_channels * static_cast<int64_t>(sizeof(float)));
+  const int64_t threads = omp_get_num_threads();
+  const int64_t by_threads = (g.columns() + 2 * threads - 1) / (2 * threads);
+  const int64_t block = std::max(kBlockAlign, std::min(by_cache, by_threads));
+  return (block + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+}
+
+// y_n [O, Ho, Wo] of one image from its padded planes xp [C, Hp, Wp] and taps [Kh*Kw, O, C],
+// through y_grid [O, Ho*Wp]; each block of grid columns goes to y_n while it is in cache.
+// Inside a parallel region: the team splits the blocks.
+void grid_products(const GridConv& g, const float* xp, const float* taps, float* y_grid,
+                   float* y_n) {
+  const int64_t wp = g.padded_w(), out_w = g.out_w(), columns = g.columns();
+  const int64_t block = grid_block(g), blocks = (columns + block - 1) / block;
+#pragma omp for schedule(dynamic)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t first = b * block, end = std::min(columns, first + block);
+    for (int64_t t = 0; t < g.taps(); ++t) {
+      sgemm_block(false, false, g.out_channels, end - first, g.channels,
+                  taps + t * g.out_channels * g.channels, g.channels, xp + g.shift(t) + first,
+                  g.padded_plane(), t == 0 ? 0.f : 1.f, y_grid + first, g.grid_plane());
+    }
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      const float* grid = y_grid + o * g.grid_plane();
+      float* out = y_n + o * g.out_h() * out_w;
+      for (int64_t i = first / wp; i * wp < end; ++i) {
+        const int64_t j0 = std::max(first - i * wp, int64_t{0});
+        const int64_t j1 = std::min(end - i * wp, out_w);
+        if (j0 < j1) std::memcpy(out + i * out_w + j0, grid + i * wp + j0, (j1 - j0) * sizeof(float));
+      }
+    }
+  }
+}
+
+// y_n [O, Ho, Wo] = the stride-1 conv ``g`` of x_n [C, H, W] with taps [Kh*Kw, O, C].
+void grid_conv(const GridConv& g, const float* x_n, const float* taps, float* y_n) {
+  float* xp = g.is_padded() ? scratch(kColumns, g.channels * g.padded_plane()) : nullptr;
+  float* y_grid = scratch(kGrid, g.out_channels * g.grid_plane());
+#pragma omp parallel if (g.is_parallel())
+  {
+    if (xp != nullptr) pad_planes(g, x_n, xp);
+    grid_products(g, xp != nullptr ? xp : x_n, taps, y_grid, y_n);
+  }
+}
+
+// dy_grid [O, Ho*Wp] = dy_n [O, Ho, Wo] on the grid, zero at the columns j >= Wo. Inside a
+// parallel region: the team splits the channels.
+void spread_to_grid(const GridConv& g, const float* dy_n, float* dy_grid) {
+  const int64_t wp = g.padded_w(), out_w = g.out_w();
+#pragma omp for schedule(static)
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    for (int64_t i = 0; i < g.out_h(); ++i) {
+      float* row = dy_grid + o * g.grid_plane() + i * wp;
+      std::memcpy(row, dy_n + (o * g.out_h() + i) * out_w, out_w * sizeof(float));
+      std::fill(row + out_w, row + wp, 0.f);
     }
   }
 }
@@ -202,6 +349,15 @@ extern "C" int ConvGemm(int nparam, void** params, int* ndims, int64_t** shapes,
   const float* w = static_cast<const float*>(params[1]);
   float* y = static_cast<float*>(params[3]);
   const ConvGeometry g(shapes[0], shapes[1], params[2]);
+  if (runs_on_grid(g)) {
+    float* taps = scratch(kTaps, g.out_channels * g.patch());
+    tap_weights(g, w, false, taps);
+    for (int64_t n = 0; n < g.batch; ++n) {
+      grid_conv(forward_grid(g), x + n * g.channels * g.plane(), taps,
+                y + n * g.out_channels * g.out_plane());
+    }
+    return 0;
+  }
   for_each_band(g, x, [&](int64_t n, int64_t row0, int64_t rows, const float* cols) {
     const int64_t band = rows * g.out_w;
     sgemm(false, false, g.out_channels, band, g.patch(), w, g.patch(), cols, band, 0.f,
@@ -226,9 +382,18 @@ extern "C" int ConvGemmGradInput(int nparam, void** params, int* ndims, int64_t*
     }
     return 0;
   }
+  if (runs_on_grid(g) && g.ph < g.kh && g.pw < g.kw) {
+    float* taps = scratch(kTaps, g.out_channels * g.patch());
+    tap_weights(g, w, true, taps);
+    for (int64_t n = 0; n < g.batch; ++n) {
+      grid_conv(data_gradient(g), dy + n * g.out_channels * g.out_plane(), taps,
+                dx + n * g.channels * g.plane());
+    }
+    return 0;
+  }
   std::fill(dx, dx + g.batch * g.channels * g.plane(), 0.f);
   const int64_t band_rows = g.band_rows();
-  float* dcols = band_buffer(g.patch() * band_rows * g.out_w);
+  float* dcols = scratch(kColumns, g.patch() * band_rows * g.out_w);
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t row0 = 0; row0 < g.out_h; row0 += band_rows) {
       const int64_t rows = std::min(band_rows, g.out_h - row0);
@@ -250,6 +415,35 @@ extern "C" int ConvGemmGradWeight(int nparam, void** params, int* ndims, int64_t
   const float* dy = static_cast<const float*>(params[1]);
   float* dw = static_cast<float*>(params[4]);
   const ConvGeometry g(shapes[0], shapes[2], params[3]);
+  if (runs_on_grid(g)) {
+    const GridConv grid = forward_grid(g);
+    float* xp = grid.is_padded() ? scratch(kColumns, g.channels * grid.padded_plane()) : nullptr;
+    float* dy_grid = scratch(kGrid, g.out_channels * grid.grid_plane());
+    float* taps = scratch(kTaps, g.out_channels * g.patch());  // [Kh*Kw, O, C]
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const float* x_n = x + n * g.channels * g.plane();
+#pragma omp parallel if (grid.is_parallel())
+      {
+        if (xp != nullptr) pad_planes(grid, x_n, xp);
+        spread_to_grid(grid, dy + n * g.out_channels * g.out_plane(), dy_grid);
+      }
+      for (int64_t t = 0; t < grid.taps(); ++t) {
+        sgemm(false, true, g.out_channels, g.channels, grid.columns(), dy_grid,
+              grid.grid_plane(), (xp != nullptr ? xp : x_n) + grid.shift(t),
+              grid.padded_plane(), n == 0 ? 0.f : 1.f, taps + t * g.out_channels * g.channels,
+              g.channels);
+      }
+    }
+    const int64_t count = grid.taps();
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      for (int64_t c = 0; c < g.channels; ++c) {
+        for (int64_t t = 0; t < count; ++t) {
+          dw[(o * g.channels + c) * count + t] = taps[(t * g.out_channels + o) * g.channels + c];
+        }
+      }
+    }
+    return 0;
+  }
   bool first = true;
   for_each_band(g, x, [&](int64_t n, int64_t row0, int64_t rows, const float* cols) {
     const int64_t band = rows * g.out_w;
@@ -277,9 +471,20 @@ int BatchedProduct(void** params, int* ndims, int64_t** shapes, bool trans_a, bo
   const int64_t b_rows = shapes[1][rank - 2], b_cols = shapes[1][rank - 1];
   const int64_t m = trans_a ? a_cols : a_rows, k = trans_a ? a_rows : a_cols;
   const int64_t n = trans_b ? b_rows : b_cols;
-  for (int64_t i = 0; i < batch; ++i) {
-    sgemm(trans_a, trans_b, m, n, k, a + i * a_rows * a_cols, a_cols, b + i * b_rows * b_cols,
-          b_cols, 0.f, c + i * m * n, n);
+  auto product = [&](int64_t i, auto gemm) {
+    gemm(trans_a, trans_b, m, n, k, a + i * a_rows * a_cols, a_cols, b + i * b_rows * b_cols,
+         b_cols, 0.f, c + i * m * n, n);
+  };
+  // Whole products per thread when they share out evenly (Winograd's 16): each sgemm packs
+  // its operands once, where cutting every product in parts packs them once per part
+  // (R-50++'s Winograd products ran at 91-98 GMAC/s so against 76-90 on 2 cores).
+  const int threads = omp_get_max_threads();
+  if (batch > 1 && (batch % threads == 0 || batch >= 4 * threads) &&
+      batch * m * n * k >= kParallelMacs) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < batch; ++i) product(i, sgemm_block);
+  } else {
+    for (int64_t i = 0; i < batch; ++i) product(i, sgemm);
   }
   return 0;
 }

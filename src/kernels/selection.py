@@ -16,6 +16,7 @@ from src.kernels.build import KernelBuildError, library_path
 from src.kernels.conv_gemm import GemmConv2d, conv_gemm_library
 from src.kernels.winograd import WinogradConv2d
 from src.model.dcn import ModulatedDeformConv2d
+from src.runtime import warn_if_wait_policy_came_late
 
 LIBRARIES = ("winograd", "deform_im2col")
 # The mask re-scoring net's convs (1-128 channels, stride 2, on ~100 small masks) are a
@@ -49,6 +50,7 @@ def resolve_kernels(setting, device_target):
             raise
         _warn_fallback(str(error).splitlines()[0])
         return False
+    warn_if_wait_policy_came_late()
     return True
 
 

@@ -1,0 +1,78 @@
+"""OMP_WAIT_POLICY=passive reaches the OpenMP runtime of the C++ CPU kernels every way in
+(``src.runtime.set_cpu_env_defaults``): a fresh process that imports ``src`` first gets it
+in effect, one that imported MindSpore first is warned once with the fix when the kernels
+are chosen, and a value the user set is kept. In effect means libgomp's idle threads sleep:
+their CPU time over a quiet half second after a parallel kernel is measured."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_compiler
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs one BLAS conv large enough to start an OpenMP team, waits half a second and prints
+# the CPU seconds the process's threads other than the main one spent meanwhile.
+IDLE_THREADS = """
+import os, time, warnings
+warnings.simplefilter("always")
+{first_import}
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+from src.kernels.selection import resolve_kernels
+from src.kernels.conv_gemm import GemmConv2d
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+assert resolve_kernels("cpu", "CPU")
+conv = GemmConv2d.from_conv(nn.Conv2d(32, 32, 3, pad_mode="pad", padding=1, has_bias=False))
+conv(ms.Tensor(np.ones((1, 32, 64, 64), np.float32))).asnumpy()
+
+def other_threads_cpu_s():
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) != os.getpid():
+            fields = open(f"/proc/self/task/{{task}}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+before = other_threads_cpu_s()
+time.sleep(0.5)
+print("policy", os.environ.get("OMP_WAIT_POLICY"), "idle_cpu_s", other_threads_cpu_s() - before)
+"""
+
+
+def run(first_import, **env):
+    base = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", IDLE_THREADS.format(first_import=first_import)],
+                            cwd=REPO, env={**base, **env}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    policy, idle = result.stdout.split()[1], float(result.stdout.split()[3])
+    late = [line for line in result.stderr.splitlines()
+            if "RuntimeWarning: OMP_WAIT_POLICY=passive came too late" in line]
+    return policy, idle, late
+
+
+pytestmark = [needs_compiler, pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+    reason="needs Linux /proc and two CPUs (an OpenMP team)")]
+
+
+def test_importing_src_first_makes_idle_kernel_threads_sleep():
+    policy, idle, late = run("import src")
+    assert policy == "passive" and not late
+    assert idle < 0.1, idle
+
+
+def test_a_policy_the_user_set_is_kept_and_takes_effect():
+    policy, idle, late = run("import src", OMP_WAIT_POLICY="active")
+    assert policy == "active" and not late
+    assert idle > 0.3, idle   # spinning through the half second
+
+
+def test_mindspore_imported_first_is_warned_once_with_the_fix():
+    _, _, late = run("import mindspore\nimport src")
+    assert len(late) == 1, late
+    assert "import src before mindspore, or set OMP_WAIT_POLICY=passive" in late[0]
