@@ -94,6 +94,23 @@ def _warn_if_isa_is_above_the_cap():
             f"src before running any MindSpore op", RuntimeWarning, stacklevel=3)
 
 
+def usable_cpus():
+    """CPUs this process may run on (its affinity: a container's or taskset's share), which
+    can be fewer than the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def kernel_threads():
+    """Threads of the C++ CPU kernels' parallel regions: this rank's share of the usable CPUs,
+    the ranks of this host being LOCAL_WORKER_NUM (``scripts/run_distribute_train.sh`` exports
+    it; a bad value is ``init_context``'s error to report, here it counts as 1)."""
+    value = os.environ.get("LOCAL_WORKER_NUM", "")
+    ranks = int(value) if value.isdigit() and int(value) > 0 else 1
+    return max(1, usable_cpus() // ranks)
+
+
 def add_device_argument(parser):
     """The ``--device_target`` flag every entry script takes."""
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS,

@@ -8,10 +8,10 @@ import pytest
 
 from src.config.load import config_to_yaml, load_config
 from src.config.variants import VARIANTS
-from src.runtime import RunContext, local_size_from_env
+from src.runtime import RunContext, local_size_from_env, usable_cpus
 from src.train.output_folder import OutputFolderError, prepare_output_folder
 from src.train.run_record import MetricsLog, write_run_config
-from src.train.trainer import fit_workers, pipeline_workers, usable_cpus
+from src.train.trainer import fit_workers, pipeline_workers
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

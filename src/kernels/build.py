@@ -1,12 +1,14 @@
 """Compile the C++ kernels of this folder once per machine and source version.
 
-A library is ``<cache>/<name>-<hash>.so``; the hash covers the source, the compiler command
-and the CPU's model and flags (``-march=native`` code only runs where it was built), so a
+A library is ``<cache>/<name>-<hash>.so``; the hash covers the source and the headers of this
+folder, the compiler command and the CPU's model and flags (``-march=native`` code only runs where it was built), so a
 changed source or another machine gets its own file. The cache is ``$YOLACT_KERNEL_CACHE`` or
 ``~/.cache/yolact_mindspore/kernels``. A library is written to a temporary file and renamed,
 so processes compiling at once (distributed ranks) never load half a file.
 """
+import ctypes
 import functools
+import glob
 import hashlib
 import os
 import platform
@@ -68,8 +70,10 @@ def library_path(name, link_flags=()):
             f"the CPU kernels ({source}) need a C++ compiler with OpenMP (g++): none found on "
             "PATH (or set CXX). Install one, or build the model with model.kernels=portable "
             "(MindSpore primitives only, slower on CPU).")
-    with open(source, "rb") as handle:
-        code = handle.read()
+    code = b""
+    for path in [source] + sorted(glob.glob(os.path.join(SOURCE_DIR, "*.h"))):
+        with open(path, "rb") as handle:
+            code += handle.read()
     digest = hashlib.sha256(code + " ".join(COMPILE_FLAGS + link_flags).encode()
                             + compiler.encode()
                             + _cpu_signature().encode()).hexdigest()[:16]
@@ -97,3 +101,11 @@ def library_path(name, link_flags=()):
         if os.path.exists(temporary):
             os.remove(temporary)
     return target
+
+
+def set_kernel_threads(path, threads):
+    """Run the parallel regions of the library at ``path`` on ``threads`` threads
+    (``threads.h``: not OMP_NUM_THREADS, which MindSpore sets to 1 for its child processes).
+    The library is the one MindSpore loads for the Custom ops: a path is loaded once per
+    process."""
+    ctypes.CDLL(path).SetKernelThreads(int(threads))

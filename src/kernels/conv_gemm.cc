@@ -32,6 +32,8 @@
 #include <cstring>
 #include <vector>
 
+#include "threads.h"
+
 namespace {
 
 // Column buffer per band: big enough that the weight-gradient sgemm (inner dimension = the
@@ -92,7 +94,7 @@ void valid_columns(const ConvGeometry& g, int64_t kx, int64_t* first, int64_t* l
 // cols [patch, rows*Wo] of output rows [row0, row0 + rows) of image x_n [C, H, W].
 void im2col(const ConvGeometry& g, const float* x_n, int64_t row0, int64_t rows, float* cols) {
   const int64_t band = rows * g.out_w;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t c = 0; c < g.channels; ++c) {
     const float* plane = x_n + c * g.plane();
     for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -123,7 +125,7 @@ void im2col(const ConvGeometry& g, const float* x_n, int64_t row0, int64_t rows,
 // dx_n [C, H, W] += the columns' gradient dcols [patch, rows*Wo] (the adjoint of im2col).
 void col2im(const ConvGeometry& g, const float* dcols, int64_t row0, int64_t rows, float* dx_n) {
   const int64_t band = rows * g.out_w;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
   for (int64_t c = 0; c < g.channels; ++c) {
     float* plane = dx_n + c * g.plane();
     for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -167,7 +169,7 @@ void sgemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
 // longer of m and n is cut into one block per OpenMP thread.
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  const int threads = omp_get_max_threads();
+  const int threads = kernel_threads();
   if (threads == 1 || m * n * k < kParallelMacs) {
     sgemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
     return;
@@ -319,7 +321,7 @@ void grid_products(const GridConv& g, const float* xp, const float* taps, float*
 void grid_conv(const GridConv& g, const float* x_n, const float* taps, float* y_n) {
   float* xp = g.is_padded() ? scratch(kColumns, g.channels * g.padded_plane()) : nullptr;
   float* y_grid = scratch(kGrid, g.out_channels * g.grid_plane());
-#pragma omp parallel if (g.is_parallel())
+#pragma omp parallel num_threads(kernel_threads()) if (g.is_parallel())
   {
     if (xp != nullptr) pad_planes(g, x_n, xp);
     grid_products(g, xp != nullptr ? xp : x_n, taps, y_grid, y_n);
@@ -422,7 +424,7 @@ extern "C" int ConvGemmGradWeight(int nparam, void** params, int* ndims, int64_t
     float* taps = scratch(kTaps, g.out_channels * g.patch());  // [Kh*Kw, O, C]
     for (int64_t n = 0; n < g.batch; ++n) {
       const float* x_n = x + n * g.channels * g.plane();
-#pragma omp parallel if (grid.is_parallel())
+#pragma omp parallel num_threads(kernel_threads()) if (grid.is_parallel())
       {
         if (xp != nullptr) pad_planes(grid, x_n, xp);
         spread_to_grid(grid, dy + n * g.out_channels * g.out_plane(), dy_grid);
@@ -478,10 +480,10 @@ int BatchedProduct(void** params, int* ndims, int64_t** shapes, bool trans_a, bo
   // Whole products per thread when they share out evenly (Winograd's 16): each sgemm packs
   // its operands once, where cutting every product in parts packs them once per part
   // (R-50++'s Winograd products ran at 91-98 GMAC/s so against 76-90 on 2 cores).
-  const int threads = omp_get_max_threads();
+  const int threads = kernel_threads();
   if (batch > 1 && (batch % threads == 0 || batch >= 4 * threads) &&
       batch * m * n * k >= kParallelMacs) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < batch; ++i) product(i, sgemm_block);
   } else {
     for (int64_t i = 0; i < batch; ++i) product(i, sgemm);

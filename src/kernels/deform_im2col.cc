@@ -8,6 +8,8 @@
 // conv weight [O, C, 3, 3] reshaped to [O, C*9] multiplies them in one matmul.
 //
 // Every function has the MindSpore aot signature; params = inputs then outputs.
+#include "threads.h"
+
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
@@ -54,7 +56,7 @@ struct SampleTable {
         inside(4 * kTaps * g.out_plane()), frac_y(kTaps * g.out_plane()),
         frac_x(kTaps * g.out_plane()), modulation(kTaps * g.out_plane()) {
     const int64_t out_plane = g.out_plane();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(kernel_threads())
     for (int k = 0; k < kTaps; ++k) {
       for (int64_t i = 0; i < g.out_height; ++i) {
         const float* dx = offset_mask + k * out_plane;
@@ -104,7 +106,7 @@ void for_each_plane_and_tap(const float* offset_mask, const Geometry& g, Body bo
   const std::vector<SampleTable> tables = image_tables(offset_mask, g);
   const int64_t tap_offset = 4 * g.out_plane();
   for (int k = 0; k < kTaps; ++k) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(kernel_threads())
     for (int64_t n = 0; n < g.batch; ++n) {
       for (int64_t c = 0; c < g.channels; ++c) {
         body(n, c, k, tables[n].index.data() + k * tap_offset,
@@ -180,7 +182,7 @@ extern "C" int DeformIm2colGradOffsetMask(int nparam, void** params, int* ndims,
   for (int k = 0; k < kTaps; ++k) {
     // Each sample sums over the channels; (image, block of samples) tasks are split between
     // threads.
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(kernel_threads())
     for (int64_t n = 0; n < g.batch; ++n) {
       for (int64_t b = 0; b < num_blocks; ++b) {
         const SampleTable& table = tables[n];

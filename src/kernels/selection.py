@@ -12,11 +12,11 @@ within float32 rounding.
 import functools
 import warnings
 
-from src.kernels.build import KernelBuildError, library_path
+from src.kernels.build import KernelBuildError, library_path, set_kernel_threads
 from src.kernels.conv_gemm import GemmConv2d, conv_gemm_library
 from src.kernels.winograd import WinogradConv2d
 from src.model.dcn import ModulatedDeformConv2d
-from src.runtime import warn_if_wait_policy_came_late
+from src.runtime import kernel_threads, warn_if_wait_policy_came_late
 
 LIBRARIES = ("winograd", "deform_im2col")
 # The mask re-scoring net's convs (1-128 channels, stride 2, on ~100 small masks) are a
@@ -31,7 +31,8 @@ def resolve_kernels(setting, device_target):
 
     ``auto``: on the CPU device when the kernels compile; any build failure (no compiler, no
     OpenMP, no BLAS wheel, a compile error) warns once and gives the portable model. ``cpu``: the kernels
-    or an error. ``portable``: never.
+    or an error. ``portable``: never. The kernels then run on ``src.runtime.kernel_threads()``
+    threads.
 
     Raises:
         KernelBuildError: ``cpu`` on another device, or the kernels failed to build.
@@ -42,14 +43,14 @@ def resolve_kernels(setting, device_target):
         raise KernelBuildError(f"model.kernels=cpu needs --device_target CPU, got "
                                f"{device_target}; use model.kernels=auto or portable")
     try:
-        for name in LIBRARIES:
-            library_path(name)
-        conv_gemm_library()
+        libraries = [library_path(name) for name in LIBRARIES] + [conv_gemm_library()]
     except KernelBuildError as error:
         if setting == "cpu":
             raise
         _warn_fallback(str(error).splitlines()[0])
         return False
+    for path in libraries:
+        set_kernel_threads(path, kernel_threads())
     warn_if_wait_policy_came_late()
     return True
 

@@ -10,6 +10,8 @@
 //   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 // Layouts: V [16, C, N*T], M [16, O, N*T], element k = 4*row + column of the tile.
 // Every function has the MindSpore aot signature; params = inputs then outputs.
+#include "threads.h"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -74,7 +76,7 @@ struct Tiling {
 // between threads, so a thread owns the tiles of its planes.
 template <typename Body>
 void for_each_tile(const Tiling& tiling, Body body) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(kernel_threads())
   for (int64_t n = 0; n < tiling.batch; ++n) {
     for (int64_t c = 0; c < tiling.channels; ++c) {
       for (int64_t i = 0; i < tiling.tiles_y; ++i) {

@@ -14,6 +14,7 @@ from src.config.schema import replace
 from src.data.dataset import create_train_dataset, epoch_schedule
 from src.data.mindrecord import read_dataset_info
 from src.model.build import prior_boxes
+from src.runtime import usable_cpus
 from src.train.lr_schedule import learning_rate_at
 from src.train.output_folder import best_checkpoint_path, prepare_output_folder
 from src.train.run_record import MetricsLog, write_run_config
@@ -152,14 +153,6 @@ def check_dataset_classes(config, info, mindrecord_dir):
             f"{mindrecord_dir}: its train split has the classes {_listed(names)}, config "
             f"'{config.name}' has data.class_names {_listed(config.data.class_names)}; train "
             f"with a config of this data set's classes (src.config.variants.for_dataset)")
-
-
-def usable_cpus():
-    """CPUs this process may run on (its affinity: a container's or taskset's share), which
-    can be fewer than the host's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def pipeline_workers(requested, cpus, local_size):

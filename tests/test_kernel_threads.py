@@ -1,8 +1,13 @@
-"""OMP_WAIT_POLICY=passive reaches the OpenMP runtime of the C++ CPU kernels every way in
-(``src.runtime.set_cpu_env_defaults``): a fresh process that imports ``src`` first gets it
-in effect, one that imported MindSpore first is warned once with the fix when the kernels
-are chosen, and a value the user set is kept. In effect means libgomp's idle threads sleep:
-their CPU time over a quiet half second after a parallel kernel is measured."""
+"""How the C++ CPU kernels' threads run, measured in fresh processes: a process's threads other
+than the main one are timed over a quiet half second after a parallel kernel. With
+OMP_WAIT_POLICY=active a team's idle threads spin through it, so that time shows how many
+there are; with passive waiting (``src.runtime.set_cpu_env_defaults``'s default) they sleep.
+
+- OMP_WAIT_POLICY=passive reaches the kernels' OpenMP runtime when ``src`` is imported first;
+  one that imported MindSpore first is warned once with the fix; a value the user set is kept.
+- The team is this rank's share of the usable CPUs (``src.runtime.kernel_threads``), not
+  OMP_NUM_THREADS, which ``import mindspore`` sets to 1 for every process it starts.
+"""
 import os
 import subprocess
 import sys
@@ -44,7 +49,8 @@ print("policy", os.environ.get("OMP_WAIT_POLICY"), "idle_cpu_s", other_threads_c
 
 
 def run(first_import, **env):
-    base = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    base = {key: value for key, value in os.environ.items()
+            if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "LOCAL_WORKER_NUM")}
     result = subprocess.run([sys.executable, "-c", IDLE_THREADS.format(first_import=first_import)],
                             cwd=REPO, env={**base, **env}, capture_output=True, text=True,
                             timeout=300)
@@ -56,8 +62,8 @@ def run(first_import, **env):
 
 
 pytestmark = [needs_compiler, pytest.mark.skipif(
-    not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
-    reason="needs Linux /proc and two CPUs (an OpenMP team)")]
+    not os.path.isdir("/proc/self/task") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux /proc and two usable CPUs (an OpenMP team)")]
 
 
 def test_importing_src_first_makes_idle_kernel_threads_sleep():
@@ -76,3 +82,17 @@ def test_mindspore_imported_first_is_warned_once_with_the_fix():
     _, _, late = run("import mindspore\nimport src")
     assert len(late) == 1, late
     assert "import src before mindspore, or set OMP_WAIT_POLICY=passive" in late[0]
+
+
+def test_the_team_ignores_the_omp_num_threads_mindspore_gives_its_children():
+    _, idle, _ = run("import src", OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1")
+    assert idle > 0.3, idle   # the team's second thread, spinning
+
+
+def test_the_team_is_this_ranks_share_of_the_usable_cpus():
+    _, idle, _ = run("import os\nos.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+                     "import src", OMP_WAIT_POLICY="active")
+    assert idle < 0.1, idle   # one usable CPU: no second thread
+    ranks = str(len(os.sched_getaffinity(0)))
+    _, idle, _ = run("import src", OMP_WAIT_POLICY="active", LOCAL_WORKER_NUM=ranks)
+    assert idle < 0.1, idle   # as many ranks as CPUs: one thread each
