@@ -13,9 +13,10 @@ leaves on MindSpore (the mask re-scoring net's, here on ``--masks`` masks: the t
 why)), plus the DCN's matmul (weight [O, 9C] x columns
 [9C, Ho*Wo], what our BLAS matmul op runs). Forward is timed at ``--batch`` images,
 backward (data + weight gradients) at ``--train_batch``: backward = median(forward +
-backward) - median(forward), of a jitted ``value_and_grad`` in MindSpore and
-``torch.autograd.grad`` in PyTorch. PyTorch runs with ``torch.set_num_threads`` = the usable
-cores. Rounds interleave the three implementations shape by shape, so the ratios hold on a
+backward) - median(forward), both at that batch, of a jitted ``value_and_grad`` in MindSpore
+and ``torch.autograd.grad`` in PyTorch; a MindSpore call is timed until its results are
+numpy arrays (its graphs run asynchronously on the CPU too). PyTorch runs with
+``torch.set_num_threads`` = the usable cores. Rounds interleave the three implementations shape by shape, so the ratios hold on a
 shared host whose speed drifts.
 """
 import os
@@ -26,6 +27,9 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+# MindSpore's log at errors only: every shape compiles new jitted functions on purpose, and
+# MindSpore warns about each.
+os.environ.setdefault("GLOG_v", "3")
 # Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
 from bench.common import (add_timing_arguments, machine_description, make_parser,  # noqa: E402
                           require_positive, variant, SEED)
@@ -185,18 +189,20 @@ def timed(function):
 
 
 def measure_shape(shape, args, rng):
-    """{impl: {"forward": [(wall s, CPU s)], "forward_backward": [...]}} for one shape."""
+    """{impl: {phase: [(wall s, CPU s)]}} for one shape; phases "forward" (at ``--batch``),
+    "train_forward" and "forward_backward" (at ``--train_batch``)."""
     ours, today, item_shape = mindspore_layers(shape, rng)
     weight_np = ours.weight.asnumpy()
     runners = {}
-    for phase, batch in (("forward", args.batch), ("forward_backward", args.train_batch)):
+    for phase, batch in (("forward", args.batch), ("train_forward", args.train_batch),
+                         ("forward_backward", args.train_batch)):
         batch *= shape["batch_scale"]
         if shape["kind"] == "dcn matmul":
             x_np = rng.standard_normal((item_shape[0], batch * item_shape[1])).astype(np.float32)
         else:
             x_np = rng.standard_normal((batch, *item_shape)).astype(np.float32)
         x = ms.Tensor(x_np)
-        index = 0 if phase == "forward" else 1
+        index = 1 if phase == "forward_backward" else 0
         runners[phase] = {"ours": ms_runners(ours, x)[index],
                           "mindspore": ms_runners(today, x)[index],
                           "torch": torch_runners(shape, x_np, weight_np)[index]}
@@ -215,7 +221,8 @@ def gmacs(shape, times, args):
     """{impl: {"wall": (forward, backward GMAC/s), "cpu": (the same per CPU second),
     "seconds": (forward, backward wall s)}} from median times; the backward does 2x the
     forward's MACs and its time is median(forward + backward) - median(forward) at the
-    training batch."""
+    training batch. A backward not measurably longer than its forward (tiny shapes, where
+    the call overhead dominates) has no rate: NaN."""
     scale = shape["batch_scale"]
     fwd_macs = macs(shape, args.batch * scale)
     bwd_macs = 2 * macs(shape, args.train_batch * scale)
@@ -224,13 +231,18 @@ def gmacs(shape, times, args):
         rates[impl] = {}
         for clock, index in (("wall", 0), ("cpu", 1)):
             fwd = statistics.median(t[index] for t in phases["forward"])
-            fwd_train = fwd * args.train_batch / args.batch
+            fwd_train = statistics.median(t[index] for t in phases["train_forward"])
             both = statistics.median(t[index] for t in phases["forward_backward"])
-            bwd = max(both - fwd_train, 1e-9)
-            rates[impl][clock] = (fwd_macs / fwd / 1e9, bwd_macs / bwd / 1e9)
+            bwd = both - fwd_train
+            rates[impl][clock] = (fwd_macs / fwd / 1e9,
+                                  bwd_macs / bwd / 1e9 if bwd > 0 else float("nan"))
             if clock == "wall":
-                rates[impl]["seconds"] = (fwd, bwd)
+                rates[impl]["seconds"] = (fwd, max(bwd, 0.0))
     return rates
+
+
+def _number(value, form):
+    return form.format(value) if value == value else "-"   # NaN: no rate measured
 
 
 def print_table(shapes, results, args):
@@ -246,9 +258,10 @@ def print_table(shapes, results, args):
             totals[impl][1] += count * rates[impl]["seconds"][1]
         cells = []
         for phase in (0, 1):
-            cells += [f"{rates[i]['wall'][phase]:.0f}" for i in IMPLS]
-            cells.append(" / ".join(f"{rates['ours'][c][phase] / rates['torch'][c][phase]:.2f}"
-                                    for c in ("wall", "cpu")))
+            cells += [_number(rates[i]["wall"][phase], "{:.0f}") for i in IMPLS]
+            cells.append(" / ".join(
+                _number(rates["ours"][c][phase] / rates["torch"][c][phase], "{:.2f}")
+                for c in ("wall", "cpu")))
         masks = f" x {shape['batch_scale']} masks" if shape["batch_scale"] > 1 else ""
         print(f"| {shape['part']} | {shape['kind']} | {shape['c']} | {shape['o']} | "
               f"{shape['k']} | {shape['s']} | {shape['p']} | {shape['h']}x{shape['w']}{masks} | "
@@ -256,8 +269,9 @@ def print_table(shapes, results, args):
               + " | ".join(cells) + " |")
     print(f"\nGMAC/s (wall) per implementation: forward at batch {args.batch}, backward (data + "
           f"weight gradients, 2x the forward's MACs) at batch {args.train_batch}; medians over "
-          "the rounds. ours / torch: the ratio of GMAC/s by wall time and by process CPU time "
-          "(all threads; it moves least when other processes take the cores).")
+          "the rounds; -: the backward was not measurably longer than the forward. ours / "
+          "torch: the ratio of GMAC/s by wall time and by process CPU time (all threads; it "
+          "moves least when other processes take the cores).")
     print("Summed over every conv of the model (shape x count), wall seconds:")
     for impl in IMPLS:
         print(f"  {impl}: forward {totals[impl][0]:.3f} s, backward {totals[impl][1]:.3f} s")
@@ -299,8 +313,8 @@ def main(argv=None):
         rates = results[-1]
         print(f"{shape['part']} {shape['kind']} {shape['c']}->{shape['o']} k{shape['k']} "
               f"s{shape['s']} {shape['h']}x{shape['w']}: GMAC/s (CPU time) fwd ours/torch/MS "
-              + "/".join(f"{rates[i]['cpu'][0]:.0f}" for i in IMPLS) + " bwd "
-              + "/".join(f"{rates[i]['cpu'][1]:.0f}" for i in IMPLS), flush=True)
+              + "/".join(_number(rates[i]["cpu"][0], "{:.0f}") for i in IMPLS) + " bwd "
+              + "/".join(_number(rates[i]["cpu"][1], "{:.0f}") for i in IMPLS), flush=True)
     print(machine_description())
     print(f"{args.config} at {args.size}; torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads; {args.rounds} interleaved rounds after "
