@@ -83,9 +83,9 @@ yolact_plus_demo = replace(
        "model.pred_scales": tuple(tuple(base * 2 ** (j / 3.0) for j in range(3))
                                   for base in (16, 32, 64, 128, 256)),
        "data.num_parallel_workers": 2,
-       # The C++ CPU kernels gain nothing on these narrow layers at 256 px (train step 0.32x
-       # a ResNet-50 step with them, 0.30x without, same process), and the figures above
-       # were measured on MindSpore primitives.
+       # The C++ CPU kernels gain nothing on these narrow layers at 256 px (train step 0.30x
+       # a ResNet-50 step with them, 0.28x without, bench/train_step.py, docs/performance.md),
+       # and the figures above were measured on MindSpore primitives.
        "model.kernels": "portable",
        # A few dozen positives per image here: 32 mask slots instead of 100 cut the mask
        # and mask-IoU losses' cost ~3x with the same result (sampling only starts above 32).

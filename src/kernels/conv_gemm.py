@@ -3,9 +3,10 @@
 Why: on the CPU, MindSpore's convolutions and matmuls run on oneDNN, which has to be capped
 at AVX2 (``ONEDNN_MAX_CPU_ISA``, ``src.runtime``) because its AVX-512 kernels for plain NCHW
 layouts are 30-100x slower. On an AVX-512 host that cap halves the vector width of every
-GEMM. These ops build im2col columns in C++ and hand the products to an sgemm that picks
-its kernel for the host at run time, so every conv and matmul of the model runs at the
-host's full width.
+GEMM. These ops hand the products to an sgemm that picks its kernel for the host at run
+time, so every conv and matmul of the model runs at the host's full width: a stride-1 conv
+as one product per kernel tap on the zero-padded input (no copies of the input), a strided
+one on im2col columns built in C++ (``conv_gemm.cc`` explains both).
 
 The BLAS: OpenBLAS from the ``scipy-openblas32`` wheel (``scipy_cblas_sgemm``). It is the
 build numpy and SciPy ship (maintained with them, ~20 MB, no compiler needed), built with
@@ -138,8 +139,8 @@ def _side_pairs(conv):
 
 class GemmConv2d(nn.Cell):
     """``nn.Conv2d``'s function on the same Parameters (groups 1, dilation 1, padding
-    "valid" or symmetric "pad"), computed by im2col + BLAS sgemm. Made from a built conv by
-    ``from_conv``.
+    "valid" or symmetric "pad"), computed by BLAS sgemm products (see the module
+    docstring). Made from a built conv by ``from_conv``.
 
     Args:
         weight: Parameter [C_out, C_in, Kh, Kw].

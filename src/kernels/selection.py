@@ -5,7 +5,7 @@ decides from ``model.kernels`` and the device whether the kernels are used (comp
 first, so that a failure is known before anything is built, a missing BLAS included), and
 ``apply_cpu_kernels`` then swaps them in: every DCN switches to the C++ sampling kernel and
 the BLAS matmul, every 3x3 stride-1 conv with bias outside the backbone becomes a
-``WinogradConv2d`` and every other conv a ``GemmConv2d`` (im2col + BLAS sgemm), both on the
+``WinogradConv2d`` and every other conv a ``GemmConv2d`` (BLAS sgemm products), both on the
 same Parameters, except in the mask re-scoring net (``KEEPS_MINDSPORE_CONVS``). Names and parameters stay those of the portable model, results equal it
 within float32 rounding.
 """
