@@ -11,14 +11,13 @@ import dataclasses
 import glob
 import os
 import re
-import tempfile
 
 import mindspore as ms
 
+from src.utils.files import replaced_atomically
+
 ITERATION_KEY = "iteration"
 GLOBAL_STEP_KEY = "global_step"
-# Temporary files of a save start with this; so do MindSpore's own (``<temp>.tmp``).
-TEMP_PREFIX = ".tmp_"
 
 
 class CheckpointError(ValueError):
@@ -28,19 +27,15 @@ class CheckpointError(ValueError):
 
 def save_checkpoint_atomic(save_obj, path, append_dict=None):
     """Write ``save_obj`` (a Cell or a list of {"name", "data"}) to ``path`` atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".ckpt", dir=directory)
-    os.close(handle)
-    # MindSpore writes <name>.tmp and renames it to <name>.ckpt: a failed write leaves it.
-    temporaries = (temp_path, os.path.splitext(temp_path)[0] + ".tmp")
-    try:
-        ms.save_checkpoint(save_obj, temp_path, append_dict=append_dict)
-        os.replace(temp_path, path)
-    finally:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replaced_atomically(path, suffix=".ckpt") as temporary:
+        try:
+            ms.save_checkpoint(save_obj, temporary, append_dict=append_dict)
+        finally:
+            # MindSpore writes <name>.tmp and renames it to <name>.ckpt: a failed write leaves it.
+            leftover = os.path.splitext(temporary)[0] + ".tmp"
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def read_checkpoint(path):

@@ -109,11 +109,11 @@ class Product(nn.Cell):
 
 
 @needs_compiler
-# Small ones on one thread; on a team, a batch of 16 split by whole products (Winograd's) and a
-# batch of 3 split within each product.
+# Small ones in one piece; on a team, a batch of 16 by whole products (Winograd's) and a single
+# product cut in pieces along its rows and along its columns.
 @pytest.mark.parametrize("shape_a, shape_b", [((5, 7), (7, 3)), ((4, 3, 6), (4, 6, 2)),
                                               ((16, 40, 64), (16, 64, 30)),
-                                              ((3, 64, 50), (3, 50, 70))])
+                                              ((300, 64), (64, 200)), ((70, 64), (64, 500))])
 def test_blas_matmul_equals_numpy_with_gradients(shape_a, shape_b):
     rng = np.random.default_rng(len(shape_a))
     a = rng.normal(size=shape_a).astype(np.float32)

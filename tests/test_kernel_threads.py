@@ -7,11 +7,14 @@ there are; with passive waiting (``src.runtime.set_cpu_env_defaults``'s default)
   one that imported MindSpore first is warned once with the fix; a value the user set is kept.
 - The team is this rank's share of the usable CPUs (``src.runtime.kernel_threads``), not
   OMP_NUM_THREADS, which ``import mindspore`` sets to 1 for every process it starts.
+- The results are the same bits on one thread and on all (how the work is cut does not
+  follow the team's size).
 """
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import needs_compiler
@@ -96,3 +99,51 @@ def test_the_team_is_this_ranks_share_of_the_usable_cpus():
     ranks = str(len(os.sched_getaffinity(0)))
     _, idle, _ = run("import src", OMP_WAIT_POLICY="active", LOCAL_WORKER_NUM=ranks)
     assert idle < 0.1, idle   # as many ranks as CPUs: one thread each
+
+
+# Forward and gradients of the BLAS convs (pointwise, grid, strided) and of a product large
+# enough to be cut in pieces, saved to the .npz named by argv[1].
+SAME_BITS = """
+import sys
+import numpy as np
+import src
+import mindspore as ms
+from mindspore import nn
+from src.kernels.conv_gemm import GemmConv2d, matmul_op
+from src.kernels.selection import resolve_kernels
+from tests.conftest import loss_and_grads
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+assert resolve_kernels("cpu", "CPU")
+rng = np.random.default_rng(0)
+results = {}
+for name, (c_in, c_out, kernel, stride, side) in {
+        "pointwise": (48, 64, 1, 1, 40), "grid": (32, 40, 3, 1, 37),
+        "strided": (24, 27, 3, 2, 41)}.items():
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, pad_mode="pad" if kernel > 1 else "valid",
+                     padding=kernel // 2, has_bias=False)
+    conv.weight.set_data(ms.Tensor(rng.normal(size=conv.weight.shape), ms.float32))
+    gemm = GemmConv2d.from_conv(conv)
+    x = ms.Tensor(rng.normal(size=(2, c_in, side, side)), ms.float32)
+    y = gemm(x)
+    _, grad_x, grad_params = loss_and_grads(gemm, x, ms.Tensor(rng.normal(size=y.shape), ms.float32))
+    results.update({name: y.asnumpy(), name + "_dx": grad_x, name + "_dw": grad_params["weight"]})
+a, b = (ms.Tensor(rng.normal(size=shape), ms.float32) for shape in ((300, 64), (64, 200)))
+results["product"] = matmul_op()(a, b).asnumpy()
+np.savez(sys.argv[1], **results)
+"""
+
+
+def test_results_are_the_same_bits_on_any_number_of_threads(tmp_path):
+    outputs = []
+    for ranks in ("1", str(len(os.sched_getaffinity(0)))):   # all CPUs, then one thread
+        path = tmp_path / f"ranks{ranks}.npz"
+        base = {key: value for key, value in os.environ.items() if key != "LOCAL_WORKER_NUM"}
+        result = subprocess.run([sys.executable, "-c", SAME_BITS, str(path)], cwd=REPO,
+                                env={**base, "LOCAL_WORKER_NUM": ranks}, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(np.load(path))
+    assert sorted(outputs[0].files) == sorted(outputs[1].files)
+    for name in outputs[0].files:
+        assert np.abs(outputs[0][name]).max() > 0.1, name
+        assert np.array_equal(outputs[0][name], outputs[1][name]), name

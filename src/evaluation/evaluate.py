@@ -23,7 +23,7 @@ from src.evaluation.coco_eval import CocoEvaluator, results_paths
 from src.evaluation.pipeline import (StageTimes, batches_of, coco_entries_in_order, encode_batch,
                                      host_threads, load_batch)
 from src.evaluation.report import default_results_prefix, finish_coco_evaluation
-from src.evaluation.sharding import Shard, plan_shard
+from src.evaluation.sharding import Shard, plan_shard, rank_share
 from src.evaluation.testdev import is_image_info, upload_paths, upload_testset
 from src.inference.annotate import MediaError, make_output_dir
 from src.utils.progress import Progress
@@ -95,7 +95,7 @@ def prepare_coco_evaluation(ann_file, class_names, image_dir="", mindrecord_dir=
     test_dev = is_image_info(coco_gt)
     all_image_ids = evaluated_image_ids(coco_gt, max_images, annotated_only=not test_dev)
     rank, group_size = distributed or (0, 1)
-    image_ids = all_image_ids[rank::group_size]
+    image_ids = rank_share(all_image_ids, rank, group_size)
     if mindrecord_dir:
         check_split_categories(ann_file, coco_gt, class_names, mindrecord_dir, split)
         images = images_from_mindrecord(ann_file, coco_gt, mindrecord_dir, split, image_ids)

@@ -31,6 +31,11 @@ MIN_WAIT_SECONDS = 600.0
 POLL_SECONDS = 0.5
 
 
+def rank_share(image_ids, rank, size):
+    """The images rank ``rank`` of ``size`` detects: every ``size``-th from the ``rank``-th."""
+    return image_ids[rank::size]
+
+
 class Shard(NamedTuple):
     """One rank's place in a sharded evaluation."""
     rank: int
@@ -42,7 +47,7 @@ class Shard(NamedTuple):
     @property
     def own_image_ids(self):
         """The images this rank detects."""
-        return self.image_ids[self.rank::self.size]
+        return rank_share(self.image_ids, self.rank, self.size)
 
 
 def check_launcher(environ=None):
@@ -95,7 +100,7 @@ def _read_part(shard, rank, deadline, waited):
         time.sleep(POLL_SECONDS)
     with open(path, encoding="utf-8") as stream:
         part = json.load(stream)
-    expected = list(shard.image_ids[rank::shard.size])
+    expected = list(rank_share(shard.image_ids, rank, shard.size))
     if (part.get("rank"), part.get("size")) != (rank, shard.size) or \
             sorted(part.get("image_ids", [])) != sorted(expected):
         raise ValueError(f"{path}: not the results of rank {rank} of {shard.size} over this "

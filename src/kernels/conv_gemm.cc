@@ -17,9 +17,11 @@
 //   copied (im2col wrote Kh*Kw times the input per image), and the data gradient is itself a
 //   stride-1 conv: dy padded by (Kh-1-ph, Kw-1-pw) with w flipped and transposed per tap.
 //   dw_tap = sum_n dy_grid_n @ xp_n[:, shift:]^T, dy_grid being dy_n on the grid, zero at j >= Wo.
-// Threads: one OpenMP team does everything. A product is cut into one block per thread along
-// its longer output side, each block a single-threaded sgemm; im2col / col2im split channels,
-// so a thread owns the planes it writes. OpenBLAS's own thread pool is switched off when the
+// Threads: one OpenMP team does everything, of kernel_threads() (threads.h). A product is cut
+// into a fixed number of pieces along its longer output side (the same on any team, so the
+// results are: see kParallelMacs), each piece a single-threaded sgemm; a batch of products
+// goes out whole products; im2col / col2im split channels, so a thread owns the planes it
+// writes. OpenBLAS's own thread pool is switched off when the
 // library loads: its threads spin-wait beside OpenMP's and MindSpore's, and on 2 cores a
 // 1x1 conv ran 4x slower with it than on one thread.
 // geometry [4] int32 = (stride_h, stride_w, pad_h, pad_w), read on the host.
@@ -151,10 +153,21 @@ void col2im(const ConvGeometry& g, const float* dcols, int64_t row0, int64_t row
 // Every sgemm call runs on its caller's thread (see "Threads" above).
 __attribute__((constructor)) void single_threaded_blas() { scipy_openblas_set_num_threads(1); }
 
-// Products smaller than this many multiply-adds run on one thread: a fork costs more.
+// How work is cut never depends on the number of threads: OpenBLAS's sums depend on the shape
+// of the product it is given, so pieces that followed the team's size made a run on two
+// threads differ in the last bits from one on one thread (and two ranks sharing a host from
+// two hosts with one rank each). Products smaller than this many multiply-adds are one piece:
+// a fork costs more.
 constexpr int64_t kParallelMacs = 1 << 18;
-// Block edges are multiples of this (the sgemm kernels' register tile).
+// Larger products are cut into this many pieces along their longer output side: an even
+// share for 1, 2 and 4 threads, and pieces large enough to amortise OpenBLAS's packing.
+constexpr int64_t kProductPieces = 4;
+// Piece edges are multiples of this (the sgemm kernels' register tile).
 constexpr int64_t kBlockAlign = 16;
+
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
 void sgemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -166,25 +179,24 @@ void sgemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
 }
 
 // C [m, n] = op(A) @ op(B) + beta * C, row-major; ld* are the row strides as stored. The
-// longer of m and n is cut into one block per OpenMP thread.
+// longer of m and n is cut into kProductPieces pieces, shared by the team.
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  const int threads = kernel_threads();
-  if (threads == 1 || m * n * k < kParallelMacs) {
+  if (m * n * k < kParallelMacs) {
     sgemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   const bool split_rows = m > n;
   const int64_t side = split_rows ? m : n;
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t parts = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t step = (side + parts * kBlockAlign - 1) / (parts * kBlockAlign) * kBlockAlign;
-    const int64_t first = std::min(side, t * step), count = std::min(side, first + step) - first;
-    if (count > 0 && split_rows) {
+  const int64_t step = round_up((side + kProductPieces - 1) / kProductPieces, kBlockAlign);
+  const int64_t pieces = (side + step - 1) / step;
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
+  for (int64_t piece = 0; piece < pieces; ++piece) {
+    const int64_t first = piece * step, count = std::min(side, first + step) - first;
+    if (split_rows) {
       sgemm_block(trans_a, trans_b, count, n, k, a + (trans_a ? first : first * lda), lda, b,
                   ldb, beta, c + first * ldc, ldc);
-    } else if (count > 0) {
+    } else {
       sgemm_block(trans_a, trans_b, m, count, k, a, lda, b + (trans_b ? first * ldb : first),
                   ldb, beta, c + first, ldc);
     }
@@ -279,15 +291,15 @@ void pad_planes(const GridConv& g, const float* x_n, float* xp) {
 }
 
 // Grid columns per block of work: the block's slice of y_grid (O x block) stays in L2 while
-// the taps accumulate into it; at least two blocks per thread, for balance.
+// the taps accumulate into it; at least kGridBlocks blocks, for balance (a count, not one
+// per thread: see kParallelMacs).
 constexpr int64_t kGridBlockBytes = 256 << 10;
+constexpr int64_t kGridBlocks = 2 * kProductPieces;
 
 int64_t grid_block(const GridConv& g) {
   const int64_t by_cache = kGridBlockBytes / (g.out_channels * static_cast<int64_t>(sizeof(float)));
-  const int64_t threads = omp_get_num_threads();
-  const int64_t by_threads = (g.columns() + 2 * threads - 1) / (2 * threads);
-  const int64_t block = std::max(kBlockAlign, std::min(by_cache, by_threads));
-  return (block + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+  const int64_t by_count = (g.columns() + kGridBlocks - 1) / kGridBlocks;
+  return round_up(std::max(kBlockAlign, std::min(by_cache, by_count)), kBlockAlign);
 }
 
 // y_n [O, Ho, Wo] of one image from its padded planes xp [C, Hp, Wp] and taps [Kh*Kw, O, C],
@@ -328,6 +340,20 @@ void grid_conv(const GridConv& g, const float* x_n, const float* taps, float* y_
   }
 }
 
+// Every image of the batch through the stride-1 conv of ``g`` (y = conv(x)) or, with
+// ``for_data_gradient``, through its data gradient (dx from dy); taps from w (``tap_weights``).
+void grid_conv_batch(const ConvGeometry& g, bool for_data_gradient, const float* w,
+                     const float* in, float* out) {
+  const GridConv grid = for_data_gradient ? data_gradient(g) : forward_grid(g);
+  float* taps = scratch(kTaps, g.out_channels * g.patch());
+  tap_weights(g, w, for_data_gradient, taps);
+  const int64_t in_image = grid.channels * grid.height * grid.width;
+  const int64_t out_image = grid.out_channels * grid.out_h() * grid.out_w();
+  for (int64_t n = 0; n < g.batch; ++n) {
+    grid_conv(grid, in + n * in_image, taps, out + n * out_image);
+  }
+}
+
 // dy_grid [O, Ho*Wp] = dy_n [O, Ho, Wo] on the grid, zero at the columns j >= Wo. Inside a
 // parallel region: the team splits the channels.
 void spread_to_grid(const GridConv& g, const float* dy_n, float* dy_grid) {
@@ -352,12 +378,7 @@ extern "C" int ConvGemm(int nparam, void** params, int* ndims, int64_t** shapes,
   float* y = static_cast<float*>(params[3]);
   const ConvGeometry g(shapes[0], shapes[1], params[2]);
   if (runs_on_grid(g)) {
-    float* taps = scratch(kTaps, g.out_channels * g.patch());
-    tap_weights(g, w, false, taps);
-    for (int64_t n = 0; n < g.batch; ++n) {
-      grid_conv(forward_grid(g), x + n * g.channels * g.plane(), taps,
-                y + n * g.out_channels * g.out_plane());
-    }
+    grid_conv_batch(g, false, w, x, y);
     return 0;
   }
   for_each_band(g, x, [&](int64_t n, int64_t row0, int64_t rows, const float* cols) {
@@ -385,12 +406,7 @@ extern "C" int ConvGemmGradInput(int nparam, void** params, int* ndims, int64_t*
     return 0;
   }
   if (runs_on_grid(g) && g.ph < g.kh && g.pw < g.kw) {
-    float* taps = scratch(kTaps, g.out_channels * g.patch());
-    tap_weights(g, w, true, taps);
-    for (int64_t n = 0; n < g.batch; ++n) {
-      grid_conv(data_gradient(g), dy + n * g.out_channels * g.out_plane(), taps,
-                dx + n * g.channels * g.plane());
-    }
+    grid_conv_batch(g, true, w, dy, dx);
     return 0;
   }
   std::fill(dx, dx + g.batch * g.channels * g.plane(), 0.f);
@@ -477,13 +493,11 @@ int BatchedProduct(void** params, int* ndims, int64_t** shapes, bool trans_a, bo
     gemm(trans_a, trans_b, m, n, k, a + i * a_rows * a_cols, a_cols, b + i * b_rows * b_cols,
          b_cols, 0.f, c + i * m * n, n);
   };
-  // Whole products per thread when they share out evenly (Winograd's 16): each sgemm packs
-  // its operands once, where cutting every product in parts packs them once per part
+  // A batch goes to the threads as whole products (Winograd's 16): each sgemm packs its
+  // operands once, where cutting every product in pieces packs them once per piece
   // (R-50++'s Winograd products ran at 91-98 GMAC/s so against 76-90 on 2 cores).
-  const int threads = kernel_threads();
-  if (batch > 1 && (batch % threads == 0 || batch >= 4 * threads) &&
-      batch * m * n * k >= kParallelMacs) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+  if (batch > 1 && batch * m * n * k >= kParallelMacs) {
+#pragma omp parallel for schedule(static) num_threads(kernel_threads())
     for (int64_t i = 0; i < batch; ++i) product(i, sgemm_block);
   } else {
     for (int64_t i = 0; i < batch; ++i) product(i, sgemm);

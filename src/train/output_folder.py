@@ -5,9 +5,9 @@ import glob
 import os
 import shutil
 
-from src.checkpoint import TEMP_PREFIX, list_checkpoints
+from src.checkpoint import list_checkpoints
 from src.train.run_record import RECORD_PATTERNS
-from src.utils.files import cannot_write_reason
+from src.utils.files import TEMP_PREFIX, cannot_write_reason
 
 # Free space asked for beyond one checkpoint: the atomic save holds the new file beside the
 # previous ones until rotation, and logs grow.

@@ -4,6 +4,9 @@ import os
 import tempfile
 
 PROBE_PREFIX = ".tmp_write_probe_"
+# Temporary files of ``replaced_atomically`` start with this (so a folder's leftovers of
+# killed writes can be found); so do MindSpore's own next to a checkpoint's (``<temp>.tmp``).
+TEMP_PREFIX = ".tmp_"
 
 
 def cannot_write_reason(folder):
@@ -26,7 +29,7 @@ def replaced_atomically(path, suffix=""):
     """Yield a temporary file name in ``path``'s folder (ending in ``suffix``, for writers that
     read the format from it); when the block ends it is renamed over ``path``, so ``path`` is
     never seen half written. On an error the temporary file is removed instead."""
-    handle, temporary = tempfile.mkstemp(prefix=".tmp_", suffix=suffix,
+    handle, temporary = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix,
                                          dir=os.path.dirname(os.path.abspath(path)))
     os.close(handle)
     try:
