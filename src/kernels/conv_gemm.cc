@@ -368,6 +368,36 @@ void spread_to_grid(const GridConv& g, const float* dy_n, float* dy_grid) {
   }
 }
 
+// dw [O, C, Kh, Kw] of the stride-1 conv of ``g``: per tap, the sum over images of
+// dy_grid_n @ xp_n[:, shift:]^T, accumulated in tap order [Kh*Kw, O, C] and then laid out.
+void grid_weight_gradient(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  const GridConv grid = forward_grid(g);
+  float* xp = grid.is_padded() ? scratch(kColumns, g.channels * grid.padded_plane()) : nullptr;
+  float* dy_grid = scratch(kGrid, g.out_channels * grid.grid_plane());
+  float* dw_taps = scratch(kTaps, g.out_channels * g.patch());
+  const int64_t tap_size = g.out_channels * g.channels;
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const float* x_n = x + n * g.channels * g.plane();
+#pragma omp parallel num_threads(kernel_threads()) if (grid.is_parallel())
+    {
+      if (xp != nullptr) pad_planes(grid, x_n, xp);
+      spread_to_grid(grid, dy + n * g.out_channels * g.out_plane(), dy_grid);
+    }
+    for (int64_t t = 0; t < grid.taps(); ++t) {
+      sgemm(false, true, g.out_channels, g.channels, grid.columns(), dy_grid,
+            grid.grid_plane(), (xp != nullptr ? xp : x_n) + grid.shift(t), grid.padded_plane(),
+            n == 0 ? 0.f : 1.f, dw_taps + t * tap_size, g.channels);
+    }
+  }
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      for (int64_t t = 0; t < grid.taps(); ++t) {
+        dw[(o * g.channels + c) * grid.taps() + t] = dw_taps[t * tap_size + o * g.channels + c];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // inputs: x [N, C, H, W], w [O, C, Kh, Kw], geometry [4]; output: y [N, O, Ho, Wo].
@@ -434,32 +464,7 @@ extern "C" int ConvGemmGradWeight(int nparam, void** params, int* ndims, int64_t
   float* dw = static_cast<float*>(params[4]);
   const ConvGeometry g(shapes[0], shapes[2], params[3]);
   if (runs_on_grid(g)) {
-    const GridConv grid = forward_grid(g);
-    float* xp = grid.is_padded() ? scratch(kColumns, g.channels * grid.padded_plane()) : nullptr;
-    float* dy_grid = scratch(kGrid, g.out_channels * grid.grid_plane());
-    float* taps = scratch(kTaps, g.out_channels * g.patch());  // [Kh*Kw, O, C]
-    for (int64_t n = 0; n < g.batch; ++n) {
-      const float* x_n = x + n * g.channels * g.plane();
-#pragma omp parallel num_threads(kernel_threads()) if (grid.is_parallel())
-      {
-        if (xp != nullptr) pad_planes(grid, x_n, xp);
-        spread_to_grid(grid, dy + n * g.out_channels * g.out_plane(), dy_grid);
-      }
-      for (int64_t t = 0; t < grid.taps(); ++t) {
-        sgemm(false, true, g.out_channels, g.channels, grid.columns(), dy_grid,
-              grid.grid_plane(), (xp != nullptr ? xp : x_n) + grid.shift(t),
-              grid.padded_plane(), n == 0 ? 0.f : 1.f, taps + t * g.out_channels * g.channels,
-              g.channels);
-      }
-    }
-    const int64_t count = grid.taps();
-    for (int64_t o = 0; o < g.out_channels; ++o) {
-      for (int64_t c = 0; c < g.channels; ++c) {
-        for (int64_t t = 0; t < count; ++t) {
-          dw[(o * g.channels + c) * count + t] = taps[(t * g.out_channels + o) * g.channels + c];
-        }
-      }
-    }
+    grid_weight_gradient(g, x, dy, dw);
     return 0;
   }
   bool first = true;
