@@ -16,8 +16,8 @@ backward (data + weight gradients) at ``--train_batch``: backward = median(forwa
 backward) - median(forward), both at that batch, of a jitted ``value_and_grad`` in MindSpore
 and ``torch.autograd.grad`` in PyTorch; a MindSpore call is timed until its results are
 numpy arrays (its graphs run asynchronously on the CPU too). PyTorch runs with
-``torch.set_num_threads`` = the usable cores. Rounds interleave the three implementations shape by shape, so the ratios hold on a
-shared host whose speed drifts.
+``torch.set_num_threads`` = the usable cores. Rounds interleave the three implementations
+shape by shape, so the ratios hold on a shared host whose speed drifts.
 """
 import os
 import statistics

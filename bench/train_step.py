@@ -43,10 +43,10 @@ sys.path.insert(0, REPO_ROOT)
 
 # Before MindSpore: sets the CPU environment defaults and turns the compile cache off.
 from bench.common import (Measured, add_model_arguments, apply_impl,  # noqa: E402
-                          machine_description,
-                          make_parser, median_cpu, median_wall, paired_ratio, peak_rss_mb,
-                          print_child_result, print_dcn_layers, randomise_offset_convs,
-                          require_positive, run_child, time_dcn_layers, variant, SEED)
+                          machine_description, make_parser, median_cpu, median_wall,
+                          paired_ratio, peak_rss_mb, print_child_result, print_dcn_layers,
+                          randomise_offset_convs, require_positive, run_child,
+                          time_dcn_layers, variant, SEED)
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402

@@ -1,10 +1,11 @@
 """Compile the C++ kernels of this folder once per machine and source version.
 
 A library is ``<cache>/<name>-<hash>.so``; the hash covers the source and the headers of this
-folder, the compiler command and the CPU's model and flags (``-march=native`` code only runs where it was built), so a
-changed source or another machine gets its own file. The cache is ``$YOLACT_KERNEL_CACHE`` or
-``~/.cache/yolact_mindspore/kernels``. A library is written to a temporary file and renamed,
-so processes compiling at once (distributed ranks) never load half a file.
+folder, the compiler command and the CPU's model and flags (``-march=native`` code only runs
+where it was built), so a changed source or another machine gets its own file. The cache is
+``$YOLACT_KERNEL_CACHE`` or ``~/.cache/yolact_mindspore/kernels``. A library is written to a
+temporary file and renamed, so processes compiling at once (distributed ranks) never load
+half a file.
 """
 import ctypes
 import functools

@@ -17,13 +17,13 @@
 //   copied (im2col wrote Kh*Kw times the input per image), and the data gradient is itself a
 //   stride-1 conv: dy padded by (Kh-1-ph, Kw-1-pw) with w flipped and transposed per tap.
 //   dw_tap = sum_n dy_grid_n @ xp_n[:, shift:]^T, dy_grid being dy_n on the grid, zero at j >= Wo.
-// Threads: one OpenMP team does everything, of kernel_threads() (threads.h). A product is cut
-// into a fixed number of pieces along its longer output side (the same on any team, so the
-// results are: see kParallelMacs), each piece a single-threaded sgemm; a batch of products
-// goes out whole products; im2col / col2im split channels, so a thread owns the planes it
-// writes. OpenBLAS's own thread pool is switched off when the
-// library loads: its threads spin-wait beside OpenMP's and MindSpore's, and on 2 cores a
-// 1x1 conv ran 4x slower with it than on one thread.
+// Threads: one OpenMP team of kernel_threads() (threads.h) does everything. A product is cut
+// into a fixed number of pieces along its longer output side (the same on any team, and so
+// are the results: see kParallelMacs), each piece a single-threaded sgemm; a batch of
+// products is shared out by whole products; im2col / col2im split channels, so a thread owns
+// the planes it writes. OpenBLAS's own thread pool is switched off when the library loads:
+// its threads spin-wait beside OpenMP's and MindSpore's, and on 2 cores a 1x1 conv ran 4x
+// slower with it than on one thread.
 // geometry [4] int32 = (stride_h, stride_w, pad_h, pad_w), read on the host.
 // Every function has the MindSpore aot signature; params = inputs then outputs.
 #include <cblas.h>
@@ -323,7 +323,9 @@ void grid_products(const GridConv& g, const float* xp, const float* taps, float*
       for (int64_t i = first / wp; i * wp < end; ++i) {
         const int64_t j0 = std::max(first - i * wp, int64_t{0});
         const int64_t j1 = std::min(end - i * wp, out_w);
-        if (j0 < j1) std::memcpy(out + i * out_w + j0, grid + i * wp + j0, (j1 - j0) * sizeof(float));
+        if (j0 < j1) {
+          std::memcpy(out + i * out_w + j0, grid + i * wp + j0, (j1 - j0) * sizeof(float));
+        }
       }
     }
   }

@@ -6,8 +6,8 @@ first, so that a failure is known before anything is built, a missing BLAS inclu
 ``apply_cpu_kernels`` then swaps them in: every DCN switches to the C++ sampling kernel and
 the BLAS matmul, every 3x3 stride-1 conv with bias outside the backbone becomes a
 ``WinogradConv2d`` and every other conv a ``GemmConv2d`` (BLAS sgemm products), both on the
-same Parameters, except in the mask re-scoring net (``KEEPS_MINDSPORE_CONVS``). Names and parameters stay those of the portable model, results equal it
-within float32 rounding.
+same Parameters, except in the mask re-scoring net (``KEEPS_MINDSPORE_CONVS``). Names and
+parameters stay those of the portable model, results equal it within float32 rounding.
 """
 import functools
 import warnings
@@ -30,9 +30,9 @@ def resolve_kernels(setting, device_target):
     ``device_target``.
 
     ``auto``: on the CPU device when the kernels compile; any build failure (no compiler, no
-    OpenMP, no BLAS wheel, a compile error) warns once and gives the portable model. ``cpu``: the kernels
-    or an error. ``portable``: never. The kernels then run on ``src.runtime.kernel_threads()``
-    threads.
+    OpenMP, no BLAS wheel, a compile error) warns once and gives the portable model. ``cpu``:
+    the kernels or an error. ``portable``: never. The kernels then run on
+    ``src.runtime.kernel_threads()`` threads.
 
     Raises:
         KernelBuildError: ``cpu`` on another device, or the kernels failed to build.
